@@ -1,0 +1,173 @@
+"""The composition root: settings + desired state -> targets, store and hasher, opened together.
+
+Validates each target's settings with its kind's model (placing errors at file:line:column of the
+desired state) and builds the adapters. I/O only through the pieces it opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+
+from reconciler.core.records import Hasher
+from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
+from reconciler.settings import Settings
+from reconciler.sources import yamlfile
+from reconciler.sources.yamlfile import Loaded, RawTarget
+from reconciler.store.sqlite import SqliteStore
+from reconciler.targets import KINDS
+from reconciler.targets.base import Target, TargetSettings
+from reconciler.targets.http import Backoff
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Validated:
+    """A desired state whose persons and target settings are all valid."""
+
+    loaded: Loaded
+    targets: Mapping[str, TargetSettings]
+
+
+@dataclass(kw_only=True)
+class App:
+    """Everything one pass needs, opened together and closed together."""
+
+    settings: Settings
+    desired: Validated
+    targets: dict[str, Target]
+    store: SqliteStore
+    hasher: Hasher
+
+
+def validate(
+    path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    hasher: Hasher | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Validated:
+    """Load the desired state and validate every target's settings. No network, no store."""
+    # validate needs no stable key: a digest it computes is never compared with anything.
+    hasher = hasher or Hasher(os.urandom(32))
+    loaded = yamlfile.load(path, env=os.environ if env is None else env, hasher=hasher)
+    problems: list[Problem] = []
+    settings: dict[str, TargetSettings] = {}
+    for name, raw in loaded.targets.items():
+        try:
+            settings[name] = target_settings(raw, (overrides or {}).get(name, {}))
+        except DesiredError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise DesiredError(problems)
+    return Validated(loaded=loaded, targets=settings)
+
+
+def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -> TargetSettings:
+    """One target's settings, validated by its kind; errors point into the file."""
+    entry = KINDS.get(raw.kind)
+    if entry is None:
+        line, column = yamlfile.locate(raw.source, ("targets", raw.name, "kind")) or (
+            raw.line,
+            None,
+        )
+        available = ", ".join(sorted(KINDS))
+        raise DesiredError(
+            [
+                Problem(
+                    source=raw.source,
+                    line=line,
+                    column=column,
+                    message=f"target {raw.name}: kind {raw.kind} is not available in this "
+                    f"version (available: {available})",
+                )
+            ]
+        )
+    values = {**raw.settings, **(override or {})}
+    try:
+        return entry.settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            loc = tuple(error["loc"])
+            place = yamlfile.locate(raw.source, ("targets", raw.name, *loc))
+            if place is None and loc:
+                place = yamlfile.locate(raw.source, ("targets", raw.name))
+            line, column = place or (raw.line, None)
+            key = ".".join(str(part) for part in loc) or "settings"
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = f"unknown key {key!r} for kind {raw.kind}"
+            elif error["type"] == "missing":
+                message = f"{key} is required for kind {raw.kind}"
+            else:
+                message = f"{key}: {message}"
+            problems.append(
+                Problem(
+                    source=raw.source,
+                    line=line,
+                    column=column,
+                    message=f"target {raw.name}: {message}",
+                )
+            )
+        raise DesiredError(problems) from None
+
+
+def store_path(settings: Settings) -> Path:
+    url = settings.resolved_store_url
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        return (
+            Path(url.removeprefix("sqlite:///"))
+            if url.startswith("sqlite:///")
+            else Path(parsed.path)
+        )
+    raise ConfigError(
+        f"RECONCILER_STORE_URL: only sqlite:///PATH stores are available in this version, "
+        f"not {parsed.scheme}://"
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_app(
+    settings: Settings,
+    *,
+    desired_path: Path | None = None,
+    targets: Collection[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    backoff: Backoff | None = None,
+) -> AsyncIterator[App]:
+    """Open the store, load and validate the desired state, build the selected targets."""
+    store = await SqliteStore.open(store_path(settings))
+    built: dict[str, Target] = {}
+    try:
+        hasher = Hasher(await store.fingerprint_key())
+        desired = validate(
+            desired_path or settings.desired, env=env, hasher=hasher, overrides=overrides
+        )
+        names = sorted(desired.targets)
+        if targets:
+            unknown = sorted(set(targets) - set(names))
+            if unknown:
+                raise UsageError(
+                    f"no target named {', '.join(unknown)} in the desired state "
+                    f"(targets: {', '.join(names) or 'none'})"
+                )
+            names = [n for n in names if n in targets]
+        for name in names:
+            target_config = desired.targets[name]
+            built[name] = KINDS[desired.loaded.targets[name].kind].build(
+                name, target_config, backoff
+            )
+        yield App(settings=settings, desired=desired, targets=built, store=store, hasher=hasher)
+    finally:
+        for target in built.values():
+            await target.aclose()
+        await store.aclose()

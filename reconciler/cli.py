@@ -1,0 +1,443 @@
+"""The command line (DESIGN A2): validate, schema, plan, apply, demo, simulate.
+
+Renders plans as text (Terraform-like) or as the plan document, asks before applying on a
+terminal, and maps every ReconcilerError to one line on stderr and an exit code. Any other
+exception is a bug and keeps its traceback. I/O: terminal, files, and what the commands open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import suppress
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import orjson
+import structlog
+from pydantic import ValidationError
+
+from reconciler import app as composition
+from reconciler import cycle, logs
+from reconciler import demo as demo_run
+from reconciler.core import changes
+from reconciler.core.changes import Action, FieldChange, Plan, TargetPlan
+from reconciler.errors import ConfigError, ReconcilerError, StalePlanError, UsageError
+from reconciler.settings import Settings
+from reconciler.sources.document import document_schema
+from reconciler.targets import KINDS
+
+
+class ExitCode(IntEnum):
+    """Exit codes; scripts depend on them (DESIGN A2)."""
+
+    #: Success; with --detailed-exitcode: success and no changes.
+    OK = 0
+    #: An error, including a partially failed apply.
+    ERROR = 1
+    #: Changes are present (only with --detailed-exitcode).
+    CHANGES = 2
+    #: Deletes were held by a safety guard (mass delete, empty source).
+    HELD = 3
+    #: The command line was used wrongly.
+    USAGE = 64
+
+
+SYMBOLS = {
+    Action.CREATE: ("+", "green"),
+    Action.UPDATE: ("~", "yellow"),
+    Action.REPLACE: ("-/+", "magenta"),
+    Action.DELETE: ("-", "red"),
+}
+
+
+class Options:
+    """Options common to every command."""
+
+    def __init__(self, file: Path | None, targets: tuple[str, ...], only: tuple[str, ...]) -> None:
+        try:
+            self.settings = Settings()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"RECONCILER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise ConfigError(f"invalid settings: {problems}") from None
+        self.file = file or self.settings.desired
+        self.targets = targets
+        self.only = frozenset(only) or None
+
+
+common = click.make_pass_decorator(Options)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "-f",
+    "--file",
+    type=click.Path(path_type=Path),
+    help="Desired-state file or directory [default: $RECONCILER_DESIRED or ./desired.yaml]",
+)
+@click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
+@click.option("--only", multiple=True, help="Only this person id (repeatable).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default=None,
+    help="Logs on stderr: JSON lines, or console text on a terminal [default: auto].",
+)
+@click.version_option(package_name="reconciler")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    file: Path | None,
+    targets: tuple[str, ...],
+    only: tuple[str, ...],
+    log_format: str | None,
+) -> None:
+    """Keep persons in sync on face terminals, edge boxes, access-control platforms and CMSs."""
+    options = Options(file, targets, only)
+    fmt = log_format or options.settings.log_format
+    logs.configure(fmt)  # type: ignore[arg-type]
+    ctx.obj = options
+
+
+@cli.command()
+@common
+def validate(options: Options) -> int:
+    """Load and validate the desired state; no network."""
+    validated = composition.validate(options.file)
+    loaded = validated.loaded
+    persons = len(loaded.desired.persons)
+    click.echo(
+        f"{options.file}: valid: {persons} person{'s' if persons != 1 else ''}, "
+        f"{len(loaded.desired.departments)} departments, {len(validated.targets)} targets "
+        f"({', '.join(sorted(validated.targets)) or 'none'})"
+    )
+    return ExitCode.OK
+
+
+@cli.command()
+def schema() -> int:
+    """Print the JSON Schema of the desired-state file (for editors and CI)."""
+    click.echo(orjson.dumps(full_schema(), option=orjson.OPT_INDENT_2).decode())
+    return ExitCode.OK
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plan document (JSON).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Also save the plan document to this file."
+)
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none."
+)
+@common
+def plan(options: Options, as_json: bool, out: Path | None, detailed_exitcode: bool) -> int:
+    """Observe every target and print the plan; changes nothing."""
+    computed = asyncio.run(_plan(options))
+    if out is not None:
+        save_plan(computed, out)
+    if as_json:
+        click.echo(orjson.dumps(changes.document(computed), option=orjson.OPT_INDENT_2).decode())
+    else:
+        render(computed)
+        if out is not None:
+            click.echo(f"Saved the plan to {out}; apply exactly it with: reconciler apply {out}")
+    return plan_exit(computed, detailed=detailed_exitcode)
+
+
+@cli.command()
+@click.argument("planfile", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--yes", is_flag=True, help="Apply without asking (required without a terminal).")
+@click.option("--allow-mass-delete", is_flag=True, help="Release deletes held by safety guards.")
+@click.option("--dry-run", is_flag=True, help="Only plan (the same as `reconciler plan`).")
+@common
+def apply(
+    options: Options, planfile: Path | None, yes: bool, allow_mass_delete: bool, dry_run: bool
+) -> int:
+    """Plan, show the plan, confirm, apply. With PLANFILE: apply exactly that saved plan."""
+    if not dry_run and not yes and not sys.stdin.isatty():
+        raise UsageError("apply needs --yes when it is not run from a terminal")
+    saved = load_plan(planfile) if planfile is not None else None
+    return asyncio.run(_apply(options, saved, yes=yes, release=allow_mass_delete, dry_run=dry_run))
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the simulators running afterwards (Ctrl-C stops).")
+def demo(keep: bool) -> int:
+    """Plan and apply desired.example.yaml against bundled simulators on loopback."""
+    settings = demo_run.prepare()
+    return asyncio.run(demo_run.run(settings, render=render, keep=keep))
+
+
+@cli.command()
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(sorted(KINDS)),
+    help="Only this kind (repeatable) [default: all].",
+)
+@click.option("--port", default=8000, show_default=True, help="First port; one port per kind.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def simulate(kinds: tuple[str, ...], port: int, host: str) -> int:
+    """Serve the bundled vendor simulators until interrupted."""
+    return asyncio.run(demo_run.simulate(kinds or tuple(sorted(KINDS)), host=host, port=port))
+
+
+# -- passes ---------------------------------------------------------------------------------
+
+
+async def _plan(options: Options, *, release: bool = False) -> Plan:
+    async with composition.open_app(
+        options.settings, desired_path=options.file, targets=options.targets
+    ) as app:
+        return await cycle.plan(app, only=options.only, allow_mass_delete=release)
+
+
+async def _apply(
+    options: Options, saved: Mapping[str, Any] | None, *, yes: bool, release: bool, dry_run: bool
+) -> int:
+    async with composition.open_app(
+        options.settings, desired_path=options.file, targets=options.targets
+    ) as app:
+        computed = await cycle.plan(app, only=options.only, allow_mass_delete=False)
+        if saved is not None:
+            check_fresh(saved, computed)
+        if release:
+            computed = release_held(computed, app)
+        render(computed)
+        if dry_run or not computed.has_changes:
+            return plan_exit(computed, detailed=False)
+        if not yes and not click.confirm("\nApply these changes?", default=False):
+            click.echo("Apply cancelled; nothing was changed.", err=True)
+            return ExitCode.ERROR
+        report = await cycle.apply(app, computed)
+    click.echo("")
+    for target_report in report.targets:
+        line = f"{target_report.target}: {target_report.applied} applied"
+        if target_report.failures:
+            line += f", {len(target_report.failures)} failed"
+            for failure in target_report.failures[:20]:
+                line += f"\n    {failure.action.value} {failure.person_id}: {failure.error}"
+            if len(target_report.failures) > 20:
+                line += f"\n    … and {len(target_report.failures) - 20} more (see the logs)"
+        if target_report.skipped:
+            line += f" (skipped: {target_report.skipped})"
+        click.echo(line)
+    if report.failed or computed.has_errors:
+        return ExitCode.ERROR
+    return ExitCode.HELD if computed.has_held else ExitCode.OK
+
+
+def release_held(plan: Plan, app: composition.App) -> Plan:
+    """--allow-mass-delete: the held deletes go ahead, after everything else."""
+    targets = {
+        name: dataclasses.replace(t, changes=t.changes + t.held, held=(), held_reason="")
+        for name, t in plan.targets.items()
+    }
+    return dataclasses.replace(
+        plan,
+        targets=targets,
+        fingerprint=changes.fingerprint(plan.desired_digest, targets.values(), app.hasher),
+    )
+
+
+def plan_exit(plan: Plan, *, detailed: bool) -> int:
+    if plan.has_errors:
+        return ExitCode.ERROR
+    if plan.has_held:
+        return ExitCode.HELD
+    if detailed and plan.has_changes:
+        return ExitCode.CHANGES
+    return ExitCode.OK
+
+
+# -- saved plans ------------------------------------------------------------------------------
+
+
+def save_plan(plan: Plan, path: Path) -> None:
+    """The plan document, written atomically; it holds no secret and no sensitive value."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(orjson.dumps(changes.document(plan), option=orjson.OPT_INDENT_2))
+    temporary.replace(path)
+
+
+def load_plan(path: Path) -> Mapping[str, Any]:
+    try:
+        document = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read the plan file {path}: {exc.strerror}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not a plan document (not JSON: {exc.msg})") from exc
+    if not isinstance(document, dict) or document.get("format_version") != changes.FORMAT_VERSION:
+        raise UsageError(
+            f"{path} is not a plan document of format_version {changes.FORMAT_VERSION}"
+        )
+    if not isinstance(document.get("fingerprint"), str):
+        raise UsageError(f"{path} has no fingerprint")
+    return document
+
+
+def check_fresh(saved: Mapping[str, Any], current: Plan) -> None:
+    if saved["fingerprint"] == current.fingerprint:
+        return
+    reasons = []
+    if saved.get("desired_digest") != current.desired_digest:
+        reasons.append("the desired state changed")
+    saved_targets = saved.get("targets") or {}
+    if set(saved_targets) != set(current.targets):
+        reasons.append("a different set of targets was selected")
+    changed = [
+        name
+        for name, target in current.targets.items()
+        if name in saved_targets
+        and saved_targets[name].get("observed_digest") != target.observed_digest
+    ]
+    if changed:
+        reasons.append(f"target {', '.join(changed)} changed")
+    raise StalePlanError(
+        "the saved plan is stale: "
+        + ("; ".join(reasons) or "the plan would differ")
+        + " since it was made. Nothing was applied; run `reconciler plan --out FILE` again."
+    )
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def render(plan: Plan) -> None:
+    """The plan as text, Terraform-like, on stdout."""
+    for target_plan in plan.targets.values():
+        for line in target_lines(target_plan):
+            click.echo(line)
+        click.echo("")
+    click.echo(summary_line(plan))
+
+
+def target_lines(t: TargetPlan) -> Iterator[str]:
+    header = click.style(f"{t.target}", bold=True) + f" ({t.kind})"
+    if t.suspended:
+        header += click.style("  suspended: planned, never applied", fg="yellow")
+    yield header
+    if t.error is not None:
+        yield click.style(f"  ! could not be observed: {t.error}", fg="red")
+        return
+    if t.observed_digest is None:
+        yield "  (write-only: this kind cannot list persons; planned from the ledger)"
+    if not t.changes and not t.held and not t.invalid:
+        yield "  no changes"
+    for change in t.changes:
+        yield from change_lines(change)
+    for invalid in t.invalid:
+        yield click.style(f"  ! {invalid.person_id}: {invalid.error}", fg="red")
+    if t.held:
+        yield click.style(f"  held: {len(t.held)} deletes: {t.held_reason}", fg="red", bold=True)
+        for change in t.held:
+            yield click.style(f"      - {change.person_id}", fg="red")
+    if t.foreign:
+        shown = ", ".join(t.foreign[:10]) + (" …" if len(t.foreign) > 10 else "")
+        yield (
+            f"  {len(t.foreign)} foreign person{'s' if len(t.foreign) != 1 else ''} on the "
+            f"target (not in the ledger, never touched): {shown}"
+        )
+
+
+def change_lines(change: changes.Change) -> Iterator[str]:
+    symbol, color = SYMBOLS[change.action]
+    yield click.style(f"  {symbol} {change.person_id}", fg=color, bold=True) + (
+        f"  {change.action.value} ({change.reason.value})"
+    )
+    width = max((len(f.field) for f in change.fields), default=0)
+    for field in change.fields:
+        yield f"      {field.field.ljust(width)}  {field_text(field, change.action)}"
+
+
+def field_text(field: FieldChange, action: Action) -> str:
+    if field.sensitive:
+        return "(sensitive value)" if action is Action.CREATE else "(sensitive value changes)"
+    new = value_text(field.new)
+    if field.write_only:
+        return f"{new}  (write-only)" if action is Action.CREATE else f"→ {new}  (write-only)"
+    if action is Action.CREATE:
+        return new
+    return f"{value_text(field.old)} → {new}"
+
+
+def value_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    return orjson.dumps(value).decode()
+
+
+def summary_line(plan: Plan) -> str:
+    counts = plan.summary()
+    if not plan.has_changes:
+        text = "No changes. The targets match the desired state."
+    else:
+        text = (
+            f"Plan: {counts['create']} to create, {counts['update']} to update, "
+            f"{counts['replace']} to replace, {counts['delete']} to delete."
+        )
+    held = sum(len(t.held) for t in plan.targets.values())
+    if held:
+        text += f" {held} deletes held by a safety guard."
+    failed = [t.target for t in plan.targets.values() if t.error]
+    if failed:
+        text += f" Not observed: {', '.join(failed)}."
+    return text
+
+
+def full_schema() -> dict[str, Any]:
+    """The file's schema, with each available kind's target settings merged in."""
+    document = document_schema()
+    variants = []
+    for name, entry in sorted(KINDS.items()):
+        kind_schema = entry.settings.model_json_schema(mode="validation")
+        definitions = kind_schema.pop("$defs", {})
+        document.setdefault("$defs", {}).update(definitions)
+        kind_schema["properties"] = {"kind": {"const": name}, **kind_schema.get("properties", {})}
+        kind_schema["required"] = ["kind", *kind_schema.get("required", [])]
+        kind_schema["additionalProperties"] = False
+        kind_schema["title"] = f"{name} target"
+        document["$defs"][f"Target_{name}"] = kind_schema
+        variants.append({"$ref": f"#/$defs/Target_{name}"})
+    document["$defs"]["Target"] = {"oneOf": variants}
+    return document
+
+
+# -- the entry point ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the CLI; every expected failure becomes one line on stderr and an exit code."""
+    try:
+        result = cli.main(args=argv, prog_name="reconciler", standalone_mode=False)
+        code = int(result) if isinstance(result, int) else ExitCode.OK
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted; nothing was changed.", err=True)
+        code = ExitCode.ERROR
+    except click.UsageError as exc:
+        exc.show()
+        code = ExitCode.USAGE
+    except click.ClickException as exc:
+        exc.show()
+        code = ExitCode.ERROR
+    except UsageError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        code = ExitCode.USAGE
+    except ReconcilerError as exc:
+        structlog.get_logger("reconciler").debug("command.failed", error_type=type(exc).__name__)
+        click.echo(f"Error: {exc}", err=True)
+        code = ExitCode.ERROR
+    with suppress(Exception):
+        sys.stdout.flush()
+    sys.exit(code)

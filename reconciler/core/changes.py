@@ -1,0 +1,213 @@
+"""Changes and plans: what one pass intends to do, per target, and its plan document.
+
+A plan's fingerprint covers everything that decides what would be sent (desired digest, observed
+digest, each change's record fingerprint), so a saved plan can be checked for staleness without
+ever writing a person's values into the plan file. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from reconciler.core.persons import Person
+from reconciler.core.records import Hasher, Invalid, Record
+
+FORMAT_VERSION = 1
+
+
+class Action(StrEnum):
+    """What a change does to one person on one target."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    #: Delete, then create: an immutable field changed.
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+class Reason(StrEnum):
+    """Why a change is planned."""
+
+    #: The person is not on the target yet.
+    NEW = "new"
+    #: The desired record changed since we last applied it.
+    INTENT = "intent"
+    #: The target no longer matches what we applied (edited or removed on the device).
+    DRIFT = "drift"
+    #: The person left the desired state (or this target's scope) and the ledger owns it.
+    REMOVED = "removed"
+    #: A field the kind cannot change was changed: the person is replaced.
+    IMMUTABLE = "immutable"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldChange:
+    """One field of one change. Sensitive values are kept out of every rendering."""
+
+    field: str
+    #: The target's current value; None when unknown (write-only fields) or absent.
+    old: Any = None
+    new: Any = None
+    sensitive: bool = False
+    #: The target never reports this field: the change was found against the ledger's hash.
+    write_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """A create / update / replace / delete of one person on one target."""
+
+    action: Action
+    person_id: str
+    reason: Reason
+    fields: tuple[FieldChange, ...] = ()
+    #: The record to send (create, update, replace); None for delete.
+    record: Record | None = None
+    #: The declared person behind the record: adapters read photo bytes through it.
+    person: Person | None = None
+    #: The target's own id for this person, when it has one and the ledger knows it.
+    remote_id: str | None = None
+    #: Keyed fingerprint of `record`: what the ledger stores once the target confirms.
+    fingerprint: str = ""
+    #: Keyed hash per write-only field of `record`, for the ledger.
+    written: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetPlan:
+    """The plan for one target."""
+
+    target: str
+    kind: str
+    #: Changes to apply, in order: creates, updates and replaces by person id, then deletes.
+    changes: tuple[Change, ...] = ()
+    #: Deletes held back by a safety guard, with the guard's explanation.
+    held: tuple[Change, ...] = ()
+    held_reason: str = ""
+    #: Desired persons this target cannot take as declared.
+    invalid: tuple[Invalid, ...] = ()
+    #: Persons on the target the ledger does not own: reported, never touched.
+    foreign: tuple[str, ...] = ()
+    #: Ledger entries whose persons are gone from both the target and the desired state.
+    forget: tuple[str, ...] = ()
+    #: Keyed digest of what observe() returned; None for a kind that cannot list.
+    observed_digest: str | None = None
+    #: Why this target could not be planned (it could not be observed); no changes then.
+    error: str | None = None
+    #: Observed and planned, never applied.
+    suspended: bool = False
+    #: How many persons the ledger owns on this target (the base of percentage guards).
+    managed: int = 0
+
+    def count(self, action: Action) -> int:
+        return sum(1 for c in self.changes if c.action is action)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """The plan of one pass over every selected target."""
+
+    desired_digest: str
+    targets: Mapping[str, TargetPlan]
+    fingerprint: str
+    created_at: str
+
+    def summary(self) -> dict[str, int]:
+        totals = {action.value: 0 for action in Action}
+        for target_plan in self.targets.values():
+            for change in target_plan.changes:
+                totals[change.action.value] += 1
+        return totals
+
+    @property
+    def has_changes(self) -> bool:
+        return any(t.changes for t in self.targets.values())
+
+    @property
+    def has_held(self) -> bool:
+        return any(t.held for t in self.targets.values())
+
+    @property
+    def has_errors(self) -> bool:
+        return any(t.error for t in self.targets.values())
+
+
+def fingerprint(desired_digest: str, targets: Iterable[TargetPlan], hasher: Hasher) -> str:
+    """A digest of everything that decides what a plan would send; no values, only their hashes."""
+
+    def essence(changes: Iterable[Change]) -> list[list[Any]]:
+        return [
+            [c.action.value, c.person_id, c.reason.value, c.fingerprint, c.remote_id]
+            for c in changes
+        ]
+
+    body = [
+        desired_digest,
+        [
+            [
+                t.target,
+                t.kind,
+                t.observed_digest,
+                t.error,
+                essence(t.changes),
+                essence(t.held),
+                [[i.person_id, i.error] for i in t.invalid],
+                list(t.forget),
+            ]
+            for t in sorted(targets, key=lambda t: t.target)
+        ],
+    ]
+    return "b2:" + hasher.digest(body)
+
+
+def field_document(change: FieldChange) -> dict[str, Any]:
+    """One field of the plan document: values shown, except sensitive ones."""
+    if change.sensitive:
+        return {"sensitive": True}
+    if change.write_only:
+        return {"to": change.new, "write_only": True}
+    return {"from": change.old, "to": change.new}
+
+
+def change_document(change: Change) -> dict[str, Any]:
+    """One change as the plan document (and the daemon's log lines) show it."""
+    doc: dict[str, Any] = {
+        "action": change.action.value,
+        "person": change.person_id,
+        "reason": change.reason.value,
+    }
+    if change.fields:
+        doc["fields"] = {f.field: field_document(f) for f in change.fields}
+    return doc
+
+
+def document(plan: Plan) -> dict[str, Any]:
+    """The plan document of DESIGN A5: JSON-compatible, free of secrets and sensitive values."""
+    targets: dict[str, Any] = {}
+    for name, t in plan.targets.items():
+        entry: dict[str, Any] = {
+            "kind": t.kind,
+            "observed_digest": t.observed_digest,
+            "changes": [change_document(c) for c in t.changes],
+            "held": [change_document(c) for c in t.held],
+            "invalid": [{"person": i.person_id, "error": i.error} for i in t.invalid],
+            "foreign": list(t.foreign),
+        }
+        if t.held_reason:
+            entry["held_reason"] = t.held_reason
+        if t.error is not None:
+            entry["error"] = t.error
+        if t.suspended:
+            entry["suspended"] = True
+        targets[name] = entry
+    return {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": plan.fingerprint,
+        "created_at": plan.created_at,
+        "desired_digest": plan.desired_digest,
+        "targets": targets,
+        "summary": plan.summary(),
+    }

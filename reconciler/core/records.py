@@ -1,0 +1,111 @@
+"""Records, kinds and fingerprints: how a person looks to one target, and how we hash it.
+
+A record is the canonical, JSON-compatible form of a person in a kind's own field names.
+Fingerprints are keyed BLAKE2b digests: a plain hash of a four-digit pin would be the pin.
+Pure: orjson serialises, hashlib hashes; no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from reconciler.core.persons import Department, Person
+
+#: A canonical record: JSON-compatible values (str, int, bool, None, lists of str) by field name.
+Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invalid:
+    """A desired person a target cannot take as declared (e.g. a type the kind lacks)."""
+
+    person_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KindSpec:
+    """What a kind accepts, reports back, and cannot change: its capabilities for planning."""
+
+    #: The kind's name in the desired-state file: nebula_pass, sophon_fog, ...
+    name: str
+    #: Every record field the kind receives, in display order.
+    fields: tuple[str, ...]
+    #: Fields observe() reports back; the others are write-only, compared against the ledger.
+    observable: frozenset[str]
+    #: Fields that cannot change once created: a change means replace (delete, then create).
+    immutable: frozenset[str] = frozenset()
+    #: Record fields never printed (their values are sensitive person data).
+    sensitive: frozenset[str] = frozenset()
+    #: False for push-only APIs: planned from the ledger alone.
+    can_list: bool = True
+
+    @property
+    def write_only(self) -> frozenset[str]:
+        return frozenset(self.fields) - self.observable
+
+
+#: A kind's pure field mapping for one target: Person -> record, or why it cannot be sent.
+Render = Callable[[Person], "Record | Invalid"]
+
+
+def canonical(value: Any) -> bytes:
+    """Deterministic bytes of a JSON-compatible value: sorted keys, no whitespace."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class Hasher:
+    """Keyed digests: stable for one installation, meaningless (and not reversible) elsewhere.
+
+    The key lives in the state directory; losing it costs one re-push of write-only fields.
+    """
+
+    key: bytes
+
+    def digest(self, value: Any) -> str:
+        return hashlib.blake2b(canonical(value), key=self.key, digest_size=16).hexdigest()
+
+    def digest_bytes(self, data: bytes) -> str:
+        return hashlib.blake2b(data, key=self.key, digest_size=16).hexdigest()
+
+
+def person_document(person: Person) -> dict[str, Any]:
+    """A person's declared values as plain JSON: where it was declared and the photo's path
+    are left out, so moving a person between files or renaming a photo changes nothing."""
+    return {
+        "id": person.id,
+        "name": person.name,
+        "type": person.type.value,
+        "job_number": person.job_number,
+        "email": person.email,
+        "phone": person.phone,
+        "department": person.department,
+        "groups": list(person.groups),
+        "card": person.card,
+        "id_number": person.id_number,
+        "pin": person.pin,
+        "admin": person.admin,
+        "remark": person.remark,
+        "valid_from": person.valid_from.isoformat() if person.valid_from else None,
+        "valid_until": person.valid_until.isoformat() if person.valid_until else None,
+        "photo": person.photo.digest if person.photo else None,
+        "labels": dict(person.labels),
+        "protected": person.protected,
+    }
+
+
+def desired_digest(
+    persons: Mapping[str, Person], departments: tuple[Department, ...], hasher: Hasher
+) -> str:
+    """Keyed digest of a whole desired state, independent of file layout and declaration order."""
+    body = {
+        "persons": [person_document(persons[pid]) for pid in sorted(persons)],
+        "departments": [[d.id, d.name, d.parent] for d in departments],
+    }
+    return hasher.digest(body)

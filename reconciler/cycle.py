@@ -1,0 +1,124 @@
+"""One pass: load -> observe -> plan -> check -> apply -> record, shared by the CLI and the daemon.
+
+Targets are observed and applied concurrently and independently: a failing target never stops
+the others. I/O through the app's targets and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from reconciler import executor
+from reconciler.app import App
+from reconciler.core import changes, planning, safety
+from reconciler.core.changes import Plan, TargetPlan
+from reconciler.errors import TargetError
+from reconciler.executor import TargetReport
+from reconciler.targets.base import Target
+
+log = structlog.get_logger("reconciler.cycle")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassReport:
+    plan: Plan
+    targets: tuple[TargetReport, ...]
+
+    @property
+    def failed(self) -> int:
+        return sum(len(t.failures) for t in self.targets)
+
+    @property
+    def applied(self) -> int:
+        return sum(t.applied for t in self.targets)
+
+
+async def plan(
+    app: App, *, only: Collection[str] | None = None, allow_mass_delete: bool = False
+) -> Plan:
+    """Observe every target and compute the plan; changes nothing anywhere."""
+    desired = app.desired.loaded.desired
+
+    async def one(name: str, target: Target) -> TargetPlan:
+        spec = target.spec
+        try:
+            observed = await target.observe() if spec.kind.can_list else None
+        except TargetError as exc:
+            log.error("target.unobservable", target=name, error=exc.message)
+            return TargetPlan(target=name, kind=spec.kind.name, error=exc.message)
+        ledger = await app.store.ledger(name)
+        computed = planning.compute(desired, spec, observed, ledger, app.hasher, only=only)
+        in_scope = sum(1 for p in desired.persons.values() if spec.select.matches(p))
+        return safety.check(
+            computed,
+            target.settings.delete_limit,
+            in_scope=in_scope,
+            allow_mass_delete=allow_mass_delete,
+        )
+
+    names = sorted(app.targets)
+    planned = await asyncio.gather(*(one(name, app.targets[name]) for name in names))
+    return Plan(
+        desired_digest=desired.digest,
+        targets={p.target: p for p in planned},
+        fingerprint=changes.fingerprint(desired.digest, planned, app.hasher),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def log_plan(plan: Plan, *, mode: str) -> None:
+    """The plan, before anything is applied: a summary line, then one line per change."""
+    log.info(
+        "plan.computed",
+        mode=mode,
+        fingerprint=plan.fingerprint,
+        desired_digest=plan.desired_digest,
+        summary=plan.summary(),
+        held=sum(len(t.held) for t in plan.targets.values()),
+        errors=sum(1 for t in plan.targets.values() if t.error),
+    )
+    for target_plan in plan.targets.values():
+        for change in target_plan.changes:
+            log.info("change.planned", target=target_plan.target, **changes.change_document(change))
+        if target_plan.held:
+            log.warning(
+                "plan.held",
+                target=target_plan.target,
+                deletes=len(target_plan.held),
+                reason=target_plan.held_reason,
+            )
+        for invalid in target_plan.invalid:
+            log.warning(
+                "person.invalid",
+                target=target_plan.target,
+                person=invalid.person_id,
+                error=invalid.error,
+            )
+
+
+async def apply(app: App, plan: Plan) -> PassReport:
+    """Apply a computed plan to every target at once; record the pass."""
+    async with app.store.writer():
+        pass_id = await app.store.begin_pass("apply")
+        log_plan(plan, mode="apply")
+        reports = await asyncio.gather(
+            *(
+                executor.apply(plan.targets[name], app.targets[name], app.store)
+                for name in sorted(plan.targets)
+            )
+        )
+        report = PassReport(plan=plan, targets=tuple(reports))
+        result = "ok" if all(r.ok for r in reports) and not plan.has_errors else "partial"
+        await app.store.finish_pass(
+            pass_id,
+            result=result,
+            plan_fingerprint=plan.fingerprint,
+            summary={"planned": plan.summary(), "applied": report.applied, "failed": report.failed},
+        )
+    log.info("pass.finished", result=result, applied=report.applied, failed=report.failed)
+    return report

@@ -1,0 +1,165 @@
+"""`reconciler demo` and `reconciler simulate`: the product against its bundled simulators.
+
+demo: serves one simulator per target of desired.example.yaml on loopback, points the targets at
+them, then plans, applies and plans again (which must show no changes). I/O: sockets on
+127.0.0.1, the demo store under <state_dir>/demo, the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reconciler import app as composition
+from reconciler import cycle
+from reconciler.core.changes import Plan
+from reconciler.errors import ConfigError
+from reconciler.settings import Settings
+from reconciler.simulators.base import Served, Simulator, serve
+from reconciler.simulators.nebula_pass import NebulaPassSimulator
+
+EXAMPLE = Path("desired.example.yaml")
+#: Set as every target's login on its simulator: generated per run, never printed.
+DEMO_USER = "admin"
+
+SIMULATORS: dict[str, Callable[[str, str], Simulator]] = {
+    "nebula_pass": lambda user, password: NebulaPassSimulator(username=user, password=password),
+}
+
+
+class DemoEnvironment(Mapping[str, str]):
+    """The real environment, with a placeholder for any ${VAR} the example needs but lacks.
+
+    Credentials never come from here: every target's login is overridden with the simulator's.
+    """
+
+    def __init__(self, real: Mapping[str, str]) -> None:
+        self._real = real
+
+    def __getitem__(self, key: str) -> str:
+        return self._real.get(key, f"demo-{key.lower()}")
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._real)
+
+    def __len__(self) -> int:
+        return len(self._real)
+
+
+def prepare(example: Path = EXAMPLE) -> Settings:
+    """Settings for a demo run: a store of its own, emptied, since the simulators start empty."""
+    if not example.is_file():
+        raise ConfigError(
+            f"{example} not found: run `reconciler demo` from the reconciler checkout"
+        )
+    state = Settings().state_dir / "demo"
+    for stale in state.glob("reconciler.sqlite3*"):
+        stale.unlink()
+    return Settings(state_dir=state, store_url=f"sqlite:///{state / 'reconciler.sqlite3'}")
+
+
+async def run(
+    settings: Settings,
+    *,
+    render: Callable[[Plan], None],
+    keep: bool,
+    example: Path = EXAMPLE,
+) -> int:
+    state = settings.state_dir
+    env = DemoEnvironment(os.environ)
+    validated = composition.validate(example, env=env)
+    kinds = {name: raw.kind for name, raw in validated.loaded.targets.items()}
+
+    async with simulators(kinds) as served:
+        overrides: dict[str, dict[str, Any]] = {
+            name: {**login, "url": endpoint.url, "tls_verify": True, "ca_file": None}
+            for name, (endpoint, login) in served.items()
+        }
+        async with composition.open_app(
+            settings, desired_path=example, env=env, overrides=overrides
+        ) as app:
+            click.secho("\n== 1. plan: what the simulated targets need", bold=True)
+            first = await cycle.plan(app)
+            render(first)
+            click.secho("\n== 2. apply", bold=True)
+            report = await cycle.apply(app, first)
+            click.echo(f"applied {report.applied} changes, {report.failed} failed")
+            click.secho("\n== 3. plan again: nothing left to do", bold=True)
+            second = await cycle.plan(app)
+            render(second)
+        click.echo(
+            f"\nWhere to look:\n"
+            f"  the ledger and passes:   {state / 'reconciler.sqlite3'} (sqlite3)\n"
+            f"  the plan as JSON:        reconciler -f {example} plan --json "
+            "(against your own targets)\n"
+            f"  the simulators:          "
+            + ", ".join(f"{name} {endpoint.url}" for name, (endpoint, _) in served.items())
+        )
+        if keep:
+            click.echo("Simulators keep running; Ctrl-C stops them.")
+            await interrupted()
+    converged = not second.has_changes and not second.has_errors and report.failed == 0
+    return 0 if converged else 1
+
+
+@contextlib.asynccontextmanager
+async def simulators(
+    kinds: Mapping[str, str], *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[dict[str, tuple[Served, dict[str, str]]]]:
+    """One simulator per target, each with a fresh login; closed on the way out."""
+    served: dict[str, tuple[Served, dict[str, str]]] = {}
+    try:
+        for index, (name, kind) in enumerate(sorted(kinds.items())):
+            factory = SIMULATORS.get(kind)
+            if factory is None:
+                raise ConfigError(f"target {name}: no simulator for kind {kind}")
+            password = secrets.token_urlsafe(12)
+            endpoint = await serve(factory(DEMO_USER, password), host, port + index if port else 0)
+            served[name] = (endpoint, {"username": DEMO_USER, "password": password})
+        yield served
+    finally:
+        for endpoint, _ in served.values():
+            await endpoint.close()
+
+
+async def simulate(kinds: Sequence[str], *, host: str, port: int) -> int:
+    """Serve one simulator per kind, on consecutive ports, until interrupted."""
+    endpoints: list[Served] = []
+    try:
+        for index, kind in enumerate(kinds):
+            if kind not in SIMULATORS:
+                raise ConfigError(f"no simulator for kind {kind}")
+            simulator = SIMULATORS[kind](DEMO_USER, "admin123")
+            endpoint = await serve(simulator, host, port + index)
+            endpoints.append(endpoint)
+            click.echo(f"{kind}: {endpoint.url}  (login {DEMO_USER} / admin123)")
+        click.echo("Serving; Ctrl-C stops.")
+        await interrupted()
+    finally:
+        for endpoint in endpoints:
+            await endpoint.close()
+    return 0
+
+
+async def interrupted() -> None:
+    """Wait for SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,125 @@
+"""The executor: applies one target's plan and records every confirmed outcome at once.
+
+Order: write-ahead pending rows for creates, then creates / updates / replaces, then deletes
+last. Each batch the target confirms is written to the ledger in one transaction before the next
+outcome is looked at, so a crash loses at most the batch in flight, which the next pass re-plans
+(upserts are keyed by our id, so nothing is duplicated). I/O through the target and the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from reconciler.core.changes import Action, Change, TargetPlan, change_document
+from reconciler.core.planning import LedgerEntry
+from reconciler.errors import TargetError
+from reconciler.store.sqlite import SqliteStore
+from reconciler.targets.base import Outcome, Target
+
+log = structlog.get_logger("reconciler.executor")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    person_id: str
+    action: Action
+    error: str
+
+
+@dataclass(slots=True, kw_only=True)
+class TargetReport:
+    """What applying one target's plan did."""
+
+    target: str
+    applied: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    #: Why the target was not applied at all (suspended, unobservable).
+    skipped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.skipped is None
+
+
+async def apply(plan: TargetPlan, target: Target, store: SqliteStore) -> TargetReport:
+    """Apply one target's plan; a failing target returns failures, it never raises."""
+    report = TargetReport(target=plan.target)
+    if plan.error is not None:
+        report.skipped = f"not observed: {plan.error}"
+        return report
+    if plan.suspended:
+        report.skipped = "suspended"
+        log.info("target.suspended", target=plan.target, changes=len(plan.changes))
+        return report
+    if plan.forget:
+        await store.forget(plan.target, plan.forget)
+    creates = [c.person_id for c in plan.changes if c.action is Action.CREATE]
+    await store.mark_pending(plan.target, creates)
+
+    upserts = [c for c in plan.changes if c.action is not Action.DELETE]
+    deletes = [c for c in plan.changes if c.action is Action.DELETE]
+    for phase in (upserts, deletes):
+        if phase:
+            await _apply_phase(phase, target, store, report)
+    return report
+
+
+async def _apply_phase(
+    changes: Sequence[Change], target: Target, store: SqliteStore, report: TargetReport
+) -> None:
+    name = report.target
+    answered: set[str] = set()
+    try:
+        async for outcomes in target.apply(changes):
+            await _record(name, outcomes, store, report)
+            answered.update(o.change.person_id for o in outcomes)
+    except TargetError as exc:
+        # A target that fails mid-way fails what it did not confirm; the rest stays recorded.
+        for change in changes:
+            if change.person_id not in answered:
+                _failed(name, report, change, exc.message)
+
+
+async def _record(
+    name: str, outcomes: Sequence[Outcome], store: SqliteStore, report: TargetReport
+) -> None:
+    now = time.time()
+    applied = [
+        LedgerEntry(
+            person_id=o.change.person_id,
+            remote_id=o.remote_id or o.change.remote_id,
+            fingerprint=o.change.fingerprint,
+            written=o.change.written,
+            applied_at=now,
+        )
+        for o in outcomes
+        if o.ok and o.change.action is not Action.DELETE
+    ]
+    deleted = [o.change.person_id for o in outcomes if o.ok and o.change.action is Action.DELETE]
+    await store.record(name, applied, deleted)
+    for outcome in outcomes:
+        change = outcome.change
+        if outcome.ok:
+            report.applied += 1
+            log.info("change.applied", target=name, **change_document(change))
+        else:
+            _failed(name, report, change, outcome.error or "failed", retryable=outcome.retryable)
+
+
+def _failed(
+    name: str, report: TargetReport, change: Change, error: str, *, retryable: bool = True
+) -> None:
+    report.failures.append(Failure(person_id=change.person_id, action=change.action, error=error))
+    log.warning(
+        "change.failed",
+        target=name,
+        action=change.action.value,
+        person=change.person_id,
+        reason=change.reason.value,
+        error=error,
+        retryable=retryable,
+    )

@@ -1,0 +1,50 @@
+"""Process settings (DESIGN A3): RECONCILER_* environment variables, then reconciler.toml.
+
+Read once, at the entry point. No I/O beyond reading the optional TOML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """How this reconciler process runs; what it reconciles lives in the desired state."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECONCILER_", toml_file="reconciler.toml", extra="forbid"
+    )
+
+    desired: Path = Field(Path("desired.yaml"), description="Desired-state file or directory")
+    state_dir: Path = Field(Path("state"), description="Runtime data: store, lock, saved plans")
+    store_url: str | None = Field(
+        None, description="Default sqlite:///<state_dir>/reconciler.sqlite3"
+    )
+    interval: float = Field(60.0, gt=0, description="Seconds between daemon passes")
+    listen: str = Field("127.0.0.1:9180", description="host:port of the daemon's HTTP endpoints")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    webhook_secret: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.state_dir / 'reconciler.sqlite3'}"

@@ -1,0 +1,334 @@
+"""The embedded store: one SQLite file in the state directory. File I/O on one worker thread.
+
+Every ledger write is one transaction that records the target's confirmation, so a crash at any
+point leaves the ledger agreeing with what the targets confirmed. Creates are written ahead as
+pending rows before they are sent: a crash between send and confirmation still leaves the person
+owned, and the next pass converges on it (upserts are keyed by our id) instead of orphaning it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from reconciler.core.planning import LedgerEntry
+from reconciler.errors import StoreError
+
+_T = TypeVar("_T")
+
+#: Bytes of the key that makes fingerprints unguessable (a plain hash of a pin is the pin).
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassRecord:
+    id: int
+    started_at: float
+    finished_at: float | None
+    mode: str
+    result: str | None
+    plan_fingerprint: str | None
+    summary: Mapping[str, Any] | None
+    error: str | None
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The schema migrations shipped in the package, in order."""
+    folder = resources.files("reconciler.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class SqliteStore:
+    """The ledger and passes in `<state_dir>/reconciler.sqlite3` (or any sqlite:/// path)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._db: sqlite3.Connection | None = None
+        self._lock_file: int | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        store = cls(path)
+        await store._run(store._connect)
+        return store
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+        self._release_lock()
+
+    # -- ledger ---------------------------------------------------------------------------
+
+    async def ledger(self, target: str) -> dict[str, LedgerEntry]:
+        def read(db: sqlite3.Connection) -> dict[str, LedgerEntry]:
+            rows = db.execute(
+                "SELECT person_id, remote_id, fingerprint, written, applied_at FROM ledger "
+                "WHERE target = ? ORDER BY person_id",
+                (target,),
+            )
+            return {
+                pid: LedgerEntry(
+                    person_id=pid,
+                    remote_id=remote_id,
+                    fingerprint=fp,
+                    written=orjson.loads(written),
+                    applied_at=applied_at,
+                )
+                for pid, remote_id, fp, written, applied_at in rows
+            }
+
+        return await self._with_db(read)
+
+    async def mark_pending(self, target: str, person_ids: Iterable[str]) -> None:
+        """Write-ahead: these persons are about to be created; own them before sending."""
+        now = time.time()
+        rows = [(target, pid, now) for pid in person_ids]
+        if rows:
+            await self._transaction(
+                lambda db: db.executemany(
+                    "INSERT INTO ledger (target, person_id, applied_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (target, person_id) DO NOTHING",
+                    rows,
+                )
+            )
+
+    async def record(
+        self, target: str, applied: Sequence[LedgerEntry], deleted: Sequence[str] = ()
+    ) -> None:
+        """Confirmed outcomes, in one transaction: applied records and confirmed deletes."""
+        if not applied and not deleted:
+            return
+        upserts = [
+            (
+                target,
+                e.person_id,
+                e.remote_id,
+                e.fingerprint,
+                orjson.dumps(dict(e.written), option=orjson.OPT_SORT_KEYS).decode(),
+                e.applied_at,
+            )
+            for e in applied
+        ]
+        removals = [(target, pid) for pid in deleted]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO ledger (target, person_id, remote_id, fingerprint, written, "
+                "applied_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, person_id) DO UPDATE "
+                "SET remote_id = COALESCE(excluded.remote_id, ledger.remote_id), "
+                "fingerprint = excluded.fingerprint, written = excluded.written, "
+                "applied_at = excluded.applied_at",
+                upserts,
+            )
+            db.executemany("DELETE FROM ledger WHERE target = ? AND person_id = ?", removals)
+
+        await self._transaction(write)
+
+    async def forget(self, target: str, person_ids: Sequence[str]) -> None:
+        """Drop ledger rows of persons gone from both the target and the desired state."""
+        await self.record(target, (), person_ids)
+
+    # -- passes ---------------------------------------------------------------------------
+
+    async def begin_pass(self, mode: str) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "INSERT INTO passes (started_at, mode) VALUES (?, ?)", (time.time(), mode)
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        return await self._transaction(write)
+
+    async def finish_pass(
+        self,
+        pass_id: int,
+        *,
+        result: str,
+        plan_fingerprint: str | None,
+        summary: Mapping[str, Any],
+        error: str | None = None,
+    ) -> None:
+        await self._transaction(
+            lambda db: db.execute(
+                "UPDATE passes SET finished_at = ?, result = ?, plan_fingerprint = ?, "
+                "summary = ?, error = ? WHERE id = ?",
+                (
+                    time.time(),
+                    result,
+                    plan_fingerprint,
+                    orjson.dumps(summary).decode(),
+                    error,
+                    pass_id,
+                ),
+            )
+        )
+
+    async def passes(self, limit: int = 20) -> list[PassRecord]:
+        def read(db: sqlite3.Connection) -> list[PassRecord]:
+            rows = db.execute(
+                "SELECT id, started_at, finished_at, mode, result, plan_fingerprint, summary, "
+                "error FROM passes ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            return [
+                PassRecord(
+                    id=row[0],
+                    started_at=row[1],
+                    finished_at=row[2],
+                    mode=row[3],
+                    result=row[4],
+                    plan_fingerprint=row[5],
+                    summary=orjson.loads(row[6]) if row[6] else None,
+                    error=row[7],
+                )
+                for row in rows
+            ]
+
+        return await self._with_db(read)
+
+    # -- the fingerprint key, the writer lock ----------------------------------------------
+
+    async def fingerprint_key(self) -> bytes:
+        """The installation's key for keyed fingerprints; made once, kept with the ledger."""
+
+        def read_or_make(db: sqlite3.Connection) -> bytes:
+            row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()
+            if row is not None:
+                return bytes(row[0])
+            key = secrets.token_bytes(KEY_BYTES)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('fingerprint_key', ?) "
+                "ON CONFLICT (key) DO NOTHING",
+                (key,),
+            )
+            return bytes(
+                db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()[0]
+            )
+
+        return await self._transaction(read_or_make)
+
+    @contextlib.asynccontextmanager
+    async def writer(self) -> AsyncIterator[None]:
+        """Exclusive right to apply: two applies on one store never interleave."""
+        lock_path = self.path.with_suffix(".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            holder = lock_path.read_text(encoding="utf-8").strip() or "another process"
+            raise StoreError(
+                f"another reconciler ({holder}) is applying with this store ({self.path}); "
+                "wait for it to finish"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self._lock_file = fd
+        try:
+            yield
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL with WAL survives process crashes; only an OS crash may lose the last
+            # transactions, which the next pass re-plans from the targets' truth.
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA busy_timeout = 5000")
+            self._migrate(db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+        self._db = db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        known = migrations()
+        if known and current > known[-1][0]:
+            raise StoreError(
+                f"the store's schema is version {current}, newer than this reconciler knows "
+                f"({known[-1][0]}): upgrade reconciler"
+            )
+        for version, script in known:
+            if version > current:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _statements(script):
+                        db.execute(statement)
+                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+
+    async def _run(self, work: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def _with_db(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        def call() -> _T:
+            if self._db is None:
+                raise StoreError("the store is closed")
+            try:
+                return work(self._db)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path}: {exc}") from exc
+
+        return await self._run(call)
+
+    async def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        def call(db: sqlite3.Connection) -> _T:
+            with _transaction(db):
+                return work(db)
+
+        return await self._with_db(call)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (our migrations never put ';' inside literals)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,32 @@
+"""Target kinds: one adapter module per vendor API, and the registry that builds them. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reconciler.core.records import KindSpec
+from reconciler.targets import nebula_pass
+from reconciler.targets.base import Target, TargetSettings
+from reconciler.targets.http import Backoff
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KindEntry:
+    """What the composition root needs to know about one kind."""
+
+    spec: KindSpec
+    settings: type[TargetSettings]
+    build: Callable[[str, TargetSettings, Backoff | None], Target]
+
+
+def _nebula_pass(name: str, settings: TargetSettings, backoff: Backoff | None) -> Target:
+    assert isinstance(settings, nebula_pass.Settings)
+    return nebula_pass.NebulaPass(name, settings, backoff=backoff)
+
+
+KINDS: dict[str, KindEntry] = {
+    nebula_pass.NAME: KindEntry(
+        spec=nebula_pass.KIND, settings=nebula_pass.Settings, build=_nebula_pass
+    ),
+}

@@ -1,0 +1,142 @@
+"""The Target protocol every kind implements, the settings all kinds share, and outcomes.
+
+A target observes (one bulk or paged read, never one GET per person) and applies changes,
+yielding outcomes batch by batch as the target confirms them, so the executor can record each
+confirmed batch in the ledger at once. No I/O here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from reconciler.core.changes import Change
+from reconciler.core.persons import PersonType
+from reconciler.core.planning import Observed, Prune, Select, TargetSpec
+from reconciler.core.safety import DeleteLimit
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+class SelectSettings(BaseModel):
+    """`select:` of a target: which desired persons it takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    types: list[PersonType] | None = None
+    groups: list[str] | None = None
+    labels: dict[str, str] | None = None
+
+    def to_core(self) -> Select:
+        return Select(
+            types=frozenset(self.types) if self.types is not None else None,
+            groups=frozenset(self.groups) if self.groups is not None else None,
+            labels=dict(self.labels) if self.labels is not None else None,
+        )
+
+
+class TargetSettings(BaseModel):
+    """The keys every target accepts in desired.yaml, besides its kind's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://[^\s/]+", description="Base URL of the target")
+    tls_verify: bool = Field(True, description="Verify the server certificate (https)")
+    ca_file: Path | None = Field(None, description="PEM bundle to trust instead of the system's")
+    select: SelectSettings = Field(default_factory=SelectSettings)
+    group_map: dict[str, str] = Field(
+        default_factory=dict, description="Our group name -> the target's id; others pass through"
+    )
+    prune: Prune = Prune.MANAGED
+    max_deletes: int | str = Field("10%", description="Mass-delete guard: a count or a percentage")
+    concurrency: int = Field(4, ge=1, le=64, description="In-flight requests to this target")
+    rate_limit: float | None = Field(20.0, gt=0, description="Requests per second; null: none")
+    timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one request")
+    suspended: bool = Field(False, description="Observe and plan, never apply")
+
+    @field_validator("max_deletes")
+    @classmethod
+    def _limit(cls, value: int | str) -> int | str:
+        DeleteLimit.parse(value)
+        return value
+
+    @property
+    def delete_limit(self) -> DeleteLimit:
+        return DeleteLimit.parse(self.max_deletes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What the target said about one change."""
+
+    change: Change
+    ok: bool
+    #: The target's own id, when it assigns one.
+    remote_id: str | None = None
+    #: Why it failed; never carries a secret or a sensitive value.
+    error: str | None = None
+    #: False: retrying the same change cannot succeed until the input changes.
+    retryable: bool = True
+
+
+class Target(Protocol):
+    """One configured system instance, speaking one kind."""
+
+    @property
+    def spec(self) -> TargetSpec: ...
+
+    @property
+    def settings(self) -> TargetSettings: ...
+
+    async def observe(self) -> Observed | None:
+        """Everything the target reports; None for a kind that cannot list."""
+        ...
+
+    def apply(self, changes: Sequence[Change]) -> AsyncIterator[list[Outcome]]:
+        """Send the changes; yield the outcomes of each batch as soon as it is confirmed."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def chunks(items: Sequence[_In], size: int) -> Iterable[Sequence[_In]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def bounded(
+    items: Iterable[_In], work: Callable[[_In], Awaitable[_Out]], limit: int
+) -> AsyncIterator[_Out]:
+    """Run `work` over items with at most `limit` in flight; yield results as they complete.
+
+    Work is started lazily so a long list never builds every request body up front. If one
+    piece of work raises, the rest is cancelled and the error propagates.
+    """
+    pending: set[asyncio.Future[_Out]] = set()
+    iterator = iter(items)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < limit:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.add(asyncio.ensure_future(work(item)))
+            if not pending:
+                return
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                yield task.result()
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,234 @@
+"""The HTTP client every adapter uses: the only home of the aiohttp client.
+
+Every call has a timeout; connection errors, timeouts, 408, 429 and 5xx are retried with
+exponential backoff and jitter (tenacity), a Retry-After pauses the whole target, and requests are
+bounded by the target's concurrency and token-bucket rate limit. aiohttp's exceptions are mapped
+here, once, into TemporaryTargetError / PermanentTargetError. Network I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from reconciler.errors import PermanentTargetError, TemporaryTargetError
+
+#: Statuses worth retrying: the request may succeed unchanged later.
+TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: How much of a vendor's error body goes into a message: enough to act on, never a dump.
+BODY_EXCERPT = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Request-tier retry policy."""
+
+    attempts: int = 5
+    initial: float = 0.5
+    maximum: float = 30.0
+    #: A request (with its retries) gives up after this long in all.
+    budget: float = 120.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    status: int
+    body: bytes
+    #: Lower-cased names.
+    headers: Mapping[str, str]
+    method: str
+    path: str
+
+    def json(self, target: str) -> Any:
+        """The decoded body; a malformed one is a permanent error naming the call."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise PermanentTargetError(
+                target,
+                f"malformed response to {self.method} {self.path} (HTTP {self.status}): "
+                f"not JSON ({exc.msg}); body starts {excerpt(self.body)!r}",
+            ) from exc
+
+
+def excerpt(body: bytes) -> str:
+    text = body[:BODY_EXCERPT].decode("utf-8", "replace")
+    return text + ("…" if len(body) > BODY_EXCERPT else "")
+
+
+def ssl_context(tls_verify: bool, ca_file: Path | None) -> ssl.SSLContext | bool:
+    if not tls_verify:
+        return False
+    if ca_file is not None:
+        return ssl.create_default_context(cafile=str(ca_file))
+    return True
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class Client:
+    """One target's HTTP client: a pooled session, limits, retries and error mapping."""
+
+    def __init__(
+        self,
+        target: str,
+        base_url: str,
+        *,
+        timeout: float,
+        concurrency: int,
+        rate_limit: float | None,
+        tls_verify: bool = True,
+        ca_file: Path | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.target = target
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._ssl = ssl_context(tls_verify, ca_file)
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._limiter = AsyncLimiter(rate_limit, 1.0) if rate_limit else None
+        self._backoff = backoff or Backoff()
+        self._exponential = wait_exponential_jitter(
+            multiplier=self._backoff.initial,
+            max=self._backoff.maximum,
+            jitter=self._backoff.initial,
+        )
+        self._paused_until = 0.0
+        self._session: aiohttp.ClientSession | None = None
+        self._connections = concurrency
+        #: Requests sent, by method: the executor and benchmarks count write calls with it.
+        self.sent: dict[str, int] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        retry: bool = True,
+    ) -> Response:
+        """Send one request, retrying temporary failures; 4xx other than 408/429 are returned.
+
+        Adapters interpret the returned status: what a 404 means differs per vendor.
+        """
+        body = None if json is None else orjson.dumps(json)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._backoff.attempts if retry else 1)
+            | stop_after_delay(self._backoff.budget),
+            wait=self._wait,
+            retry=retry_if_exception_type(TemporaryTargetError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._send(method, path, body, headers)
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = self._exponential(state)
+        error = state.outcome.exception() if state.outcome is not None else None
+        hint = getattr(error, "retry_after", None)
+        return max(backoff, hint) if hint is not None else backoff
+
+    async def _send(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | None
+    ) -> Response:
+        session = self._open()
+        send_headers = {"Content-Type": "application/json"} if body is not None else {}
+        if headers:
+            send_headers.update(headers)
+        async with self._concurrency:
+            await self._wait_for_pause()
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            self.sent[method] = self.sent.get(method, 0) + 1
+            try:
+                async with session.request(
+                    method, self.base_url + path, data=body, headers=send_headers
+                ) as raw:
+                    payload = await raw.read()
+                    response = Response(
+                        status=raw.status,
+                        body=payload,
+                        headers={k.lower(): v for k, v in raw.headers.items()},
+                        method=method,
+                        path=path,
+                    )
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise PermanentTargetError(
+                    self.target,
+                    f"TLS certificate of {self.base_url} was not accepted "
+                    f"({exc.certificate_error}); set ca_file to the CA that signed it, "
+                    "or tls_verify: false on a trusted LAN",
+                ) from exc
+            except aiohttp.ClientSSLError as exc:
+                raise PermanentTargetError(
+                    self.target, f"TLS handshake with {self.base_url} failed: {exc}"
+                ) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                detail = (
+                    "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+                )
+                raise TemporaryTargetError(self.target, f"{method} {path}: {detail}") from exc
+        if response.status in TEMPORARY_STATUSES:
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            if retry_after:
+                self._pause(retry_after)
+            raise TemporaryTargetError(
+                self.target,
+                f"{method} {path}: HTTP {response.status} {excerpt(response.body)!r}",
+                retry_after=retry_after,
+            )
+        return response
+
+    def _pause(self, seconds: float) -> None:
+        """A Retry-After speaks for the whole target: every request waits it out."""
+        until = asyncio.get_running_loop().time() + min(seconds, self._backoff.maximum)
+        self._paused_until = max(self._paused_until, until)
+
+    async def _wait_for_pause(self) -> None:
+        delay = self._paused_until - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)

@@ -1,0 +1,470 @@
+"""nebula_pass: SenseTime SenseNebula Pass face terminals, the `/v2/user` API (vendors.md §2).
+
+Key: user_id = our person id (no mapping table). Read: `/v2/datasync/info` for every id, then the
+paged `/v1/user/offset/{o}/limit/{l}` listing (limit <= 100) for the fields. Write: batched
+`POST /v2/user` upserts and `DELETE /v2/user`; a non-empty `errors[]` fails just the persons it
+names. `type` is immutable on the device, so a type change is a replace (delete, then create).
+Choices on undocumented behaviour [I]: an upsert that omits `avatar` keeps the stored photo, so
+photos are sent only when created or changed (their hash lives in the ledger; the listing is not
+a reliable photo source); an unset guest time is sent as 0. Network I/O through targets.http.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+
+from reconciler.core.changes import Action, Change
+from reconciler.core.persons import Person, PersonType
+from reconciler.core.planning import Observed, ObservedPerson, TargetSpec
+from reconciler.core.records import Invalid, KindSpec, Record
+from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
+from reconciler.targets.base import Outcome, TargetSettings, bounded, chunks
+from reconciler.targets.http import Backoff, Client, Response
+
+NAME = "nebula_pass"
+#: The listing's documented maximum page size.
+PAGE_LIMIT = 100
+#: Avatars may be up to 10 MB each: batches are capped by bytes as well as by count.
+MAX_BATCH_BYTES = 20 * 1024 * 1024
+MAX_AVATAR_BYTES = 10 * 1024 * 1024
+#: Persons the listing may miss (it shifted while we paged) before we re-read them one by one.
+MAX_SINGLE_READS = 200
+
+KIND = KindSpec(
+    name=NAME,
+    fields=(
+        "name",
+        "type",
+        "ic_number",
+        "id_number",
+        "job_number",
+        "pin",
+        "guest_time_start",
+        "guest_time_end",
+        "groups",
+        "is_admin",
+        "remark",
+        "avatar",
+    ),
+    observable=frozenset(
+        {
+            "name",
+            "type",
+            "ic_number",
+            "id_number",
+            "job_number",
+            "pin",
+            "guest_time_start",
+            "guest_time_end",
+            "groups",
+            "is_admin",
+            "remark",
+        }
+    ),
+    immutable=frozenset({"type"}),
+    sensitive=frozenset({"id_number", "pin"}),
+)
+
+TYPE_CODES: dict[PersonType, int] = {
+    PersonType.STAFF: 1,
+    PersonType.VISITOR: 2,
+    PersonType.BLACKLIST: 5,
+}
+#: Byte limits of the device (UTF-8), checked before sending so the plan says what is wrong.
+BYTE_LIMITS = {
+    "name": 128,
+    "ic_number": 128,
+    "id_number": 128,
+    "job_number": 128,
+    "pin": 128,
+    "remark": 256,
+}
+
+
+class Settings(TargetSettings):
+    """Settings of a nebula_pass target."""
+
+    username: str = Field(min_length=1, description="Device account, usually admin")
+    password: SecretStr = Field(description="Device password; use ${ENV} interpolation")
+    batch_size: int = Field(50, ge=1, le=100, description="Persons per POST /v2/user")
+    token_minutes: int = Field(60, ge=1, le=1440, description="Requested JWT lifetime")
+
+
+def render(person: Person, settings: Settings) -> Record | Invalid:
+    """A person as this device stores it, or why the device cannot take it."""
+    code = TYPE_CODES.get(person.type)
+    if code is None:
+        supported = ", ".join(t.value for t in TYPE_CODES)
+        return Invalid(
+            person_id=person.id,
+            error=f"type {person.type.value} is not supported by {NAME} ({supported})",
+        )
+    if len(person.id.encode()) > 128:
+        return Invalid(person_id=person.id, error=f"id is longer than {NAME}'s 128 bytes")
+    record: dict[str, Any] = {
+        "name": person.name,
+        "type": code,
+        "ic_number": person.card,
+        "id_number": person.id_number,
+        "job_number": person.job_number,
+        "pin": person.pin,
+        "guest_time_start": _millis(person.valid_from),
+        "guest_time_end": _millis(person.valid_until),
+        "groups": sorted({settings.group_map.get(g, g) for g in person.groups}),
+        "is_admin": person.admin,
+        "remark": person.remark,
+        "avatar": person.photo.digest if person.photo else "",
+    }
+    for field, limit in BYTE_LIMITS.items():
+        if len(record[field].encode()) > limit:
+            shown = "a sensitive field" if field in KIND.sensitive else field
+            return Invalid(
+                person_id=person.id,
+                error=f"{shown} is longer than {NAME}'s {limit} bytes",
+            )
+    if len(record["groups"]) > 100:
+        return Invalid(person_id=person.id, error=f"{NAME} binds at most 100 groups")
+    if person.photo is not None and person.photo.size * 4 / 3 > MAX_AVATAR_BYTES:
+        return Invalid(person_id=person.id, error=f"photo is larger than {NAME}'s 10 MB")
+    return record
+
+
+def observed_record(user: Any, target: str) -> tuple[str, Record]:
+    """A listed user in canonical form; anything malformed is an error of the target."""
+    if not isinstance(user, dict) or not isinstance(user.get("user_id"), str | int):
+        raise PermanentTargetError(target, f"malformed user in listing: {str(user)[:120]!r}")
+    try:
+        groups = user.get("groups") or []
+        record = {
+            "name": _text(user.get("name")),
+            "type": int(user.get("type") or 1),
+            "ic_number": _text(user.get("ic_number")),
+            "id_number": _text(user.get("id_number")),
+            "job_number": _text(user.get("job_number")),
+            "pin": _text(user.get("pin")),
+            "guest_time_start": _optional_int(user.get("guest_time_start")),
+            "guest_time_end": _optional_int(user.get("guest_time_end")),
+            "groups": sorted(str(g) for g in groups),
+            "is_admin": bool(user.get("is_admin")),
+            "remark": _text(user.get("remark")),
+        }
+    except (TypeError, ValueError) as exc:
+        raise PermanentTargetError(
+            target, f"malformed user {user.get('user_id')} in listing: {exc}"
+        ) from exc
+    return str(user["user_id"]), record
+
+
+class NebulaPass:
+    """A SenseNebula Pass terminal."""
+
+    def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
+        self._settings = settings
+        self._spec = TargetSpec(
+            name=name,
+            kind=KIND,
+            render=lambda person: render(person, settings),
+            select=settings.select.to_core(),
+            prune=settings.prune,
+            suspended=settings.suspended,
+        )
+        self.client = Client(
+            name,
+            settings.url,
+            timeout=settings.timeout,
+            concurrency=settings.concurrency,
+            rate_limit=settings.rate_limit,
+            tls_verify=settings.tls_verify,
+            ca_file=settings.ca_file,
+            backoff=backoff,
+        )
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._login_lock = asyncio.Lock()
+
+    @property
+    def spec(self) -> TargetSpec:
+        return self._spec
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    async def observe(self) -> Observed:
+        info = await self._call("GET", "/v2/datasync/info")
+        users = info.get("users") if isinstance(info, dict) else None
+        if not isinstance(users, list):
+            raise PermanentTargetError(self.name, "malformed /v2/datasync/info: no users list")
+        ids = {str(u["id"]) for u in users if isinstance(u, dict) and "id" in u}
+
+        first = await self._page(0)
+        total = first.get("total")
+        if not isinstance(total, int) or total < 0:
+            raise PermanentTargetError(self.name, "malformed user listing: no total")
+        persons: dict[str, ObservedPerson] = {}
+        self._collect(first, persons)
+        offsets = range(PAGE_LIMIT, total, PAGE_LIMIT)
+        async for page in bounded(offsets, self._page, self._settings.concurrency):
+            self._collect(page, persons)
+
+        # The listing is offset-paged: a person added or removed while we paged shifts the
+        # pages, so ids that datasync/info reports but the pages missed are read one by one.
+        missing = sorted(ids - persons.keys())
+        if len(missing) > MAX_SINGLE_READS:
+            raise TemporaryTargetError(
+                self.name, f"the user list changed while it was read ({len(missing)} missed)"
+            )
+        for user_id in missing:
+            user = await self._call("GET", f"/v1/user/id/{user_id}", missing_ok=True)
+            if user is not None:
+                pid, record = observed_record(user, self.name)
+                persons[pid] = ObservedPerson(record=record)
+        return Observed(persons=dict(sorted(persons.items())))
+
+    async def apply(self, changes: Sequence[Change]) -> AsyncIterator[list[Outcome]]:
+        replaces = [c for c in changes if c.action is Action.REPLACE]
+        upserts = [c for c in changes if c.action in (Action.CREATE, Action.UPDATE)]
+        deletes = [c for c in changes if c.action is Action.DELETE]
+
+        # A replace deletes first (type is immutable), then upserts with everything else.
+        if replaces:
+            async for outcomes in self._delete(replaces):
+                cleared = {o.change.person_id for o in outcomes if o.ok}
+                failed = [o for o in outcomes if not o.ok]
+                if failed:
+                    yield failed
+                upserts.extend(c for c in replaces if c.person_id in cleared)
+        batches = list(self._upsert_batches(upserts))
+        async for outcomes in bounded(batches, self._upsert, self._settings.concurrency):
+            yield outcomes
+        async for outcomes in self._delete(deletes):
+            yield outcomes
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def _upsert_batches(self, changes: Sequence[Change]) -> list[list[Change]]:
+        """Batches capped by count and by the bytes their photos will add."""
+        batches: list[list[Change]] = []
+        current: list[Change] = []
+        size = 0
+        for change in sorted(changes, key=lambda c: c.person_id):
+            photo = change.person.photo if change.person is not None else None
+            weight = photo.size * 4 // 3 + 1024 if photo and self._sends_avatar(change) else 1024
+            if current and (
+                len(current) >= self._settings.batch_size or size + weight > MAX_BATCH_BYTES
+            ):
+                batches.append(current)
+                current, size = [], 0
+            current.append(change)
+            size += weight
+        if current:
+            batches.append(current)
+        return batches
+
+    @staticmethod
+    def _sends_avatar(change: Change) -> bool:
+        if change.action in (Action.CREATE, Action.REPLACE):
+            return True
+        return any(f.field == "avatar" for f in change.fields)
+
+    async def _upsert(self, batch: list[Change]) -> list[Outcome]:
+        try:
+            items = await asyncio.to_thread(self._wire_items, batch)
+        except OSError as exc:
+            return [
+                Outcome(change=c, ok=False, error=f"photo could not be read: {exc.strerror}")
+                for c in batch
+            ]
+        return await self._write("POST", "/v2/user", {"user_list": items}, batch)
+
+    def _wire_items(self, batch: list[Change]) -> list[dict[str, Any]]:
+        """The batch as the device wants it; photo bytes are read here, off the event loop."""
+        items = []
+        for change in batch:
+            assert change.record is not None
+            assert change.person is not None
+            record = change.record
+            item: dict[str, Any] = {"user_id": change.person_id}
+            for field in KIND.observable:
+                item[field] = record[field]
+            item["guest_time_start"] = record["guest_time_start"] or 0
+            item["guest_time_end"] = record["guest_time_end"] or 0
+            if self._sends_avatar(change):
+                photo = change.person.photo
+                if photo is None:
+                    # Both empty is the documented way to clear a face.
+                    item["avatar"], item["feature"] = "", ""
+                else:
+                    item["avatar"] = base64.b64encode(Path(photo.path).read_bytes()).decode()
+            items.append(item)
+        return items
+
+    async def _delete(self, changes: Sequence[Change]) -> AsyncIterator[list[Outcome]]:
+        async def one(batch: Sequence[Change]) -> list[Outcome]:
+            body = {"ids": [c.person_id for c in batch]}
+            return await self._write("DELETE", "/v2/user", body, batch, missing_ok=True)
+
+        async for outcomes in bounded(
+            list(chunks(changes, PAGE_LIMIT)), one, self._settings.concurrency
+        ):
+            yield outcomes
+
+    async def _write(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        batch: Sequence[Change],
+        *,
+        missing_ok: bool = False,
+    ) -> list[Outcome]:
+        """One batch call; per-item `errors[]` fail just the persons they name."""
+        try:
+            data = await self._call(method, path, json=body)
+        except TargetError as exc:
+            retryable = not isinstance(exc, PermanentTargetError)
+            return [
+                Outcome(change=c, ok=False, error=exc.message, retryable=retryable) for c in batch
+            ]
+        errors = data.get("errors") if isinstance(data, dict) else None
+        if errors is None:
+            errors = []
+        if not isinstance(errors, list):
+            message = f"malformed {method} {path} response: errors is not a list"
+            return [Outcome(change=c, ok=False, error=message) for c in batch]
+        by_id: dict[str, str] = {}
+        unattributed: list[str] = []
+        for error in errors:
+            user_id = error.get("user_id", error.get("id")) if isinstance(error, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
+            message = str(error.get("msg") or error) if isinstance(error, dict) else str(error)
+            if user_id is None:
+                unattributed.append(message[:200])
+            elif not (missing_ok and code == 404):
+                by_id[str(user_id)] = f"device refused it: {message[:200]}"
+        outcomes = []
+        for change in batch:
+            if unattributed:
+                # We cannot tell who failed: nobody is recorded, the next pass re-plans from truth.
+                error = f"device reported errors it did not attribute: {'; '.join(unattributed)}"
+                outcomes.append(Outcome(change=change, ok=False, error=error))
+            elif change.person_id in by_id:
+                outcomes.append(
+                    Outcome(change=change, ok=False, error=by_id[change.person_id], retryable=False)
+                )
+            else:
+                outcomes.append(Outcome(change=change, ok=True))
+        return outcomes
+
+    # -- the envelope, auth -------------------------------------------------------------------
+
+    async def _page(self, offset: int) -> dict[str, Any]:
+        page = await self._call("GET", f"/v1/user/offset/{offset}/limit/{PAGE_LIMIT}")
+        if not isinstance(page, dict) or not isinstance(page.get("items"), list):
+            raise PermanentTargetError(self.name, f"malformed user listing at offset {offset}")
+        return page
+
+    def _collect(self, page: dict[str, Any], persons: dict[str, ObservedPerson]) -> None:
+        for user in page["items"]:
+            pid, record = observed_record(user, self.name)
+            persons[pid] = ObservedPerson(record=record)
+
+    async def _call(
+        self, method: str, path: str, *, json: Any = None, missing_ok: bool = False
+    ) -> Any:
+        """One API call: authenticated, envelope checked, re-login once on 401."""
+        for attempt in range(2):
+            token = await self._login()
+            response = await self.client.request(
+                method, path, json=json, headers={"Authorization": f"Bearer {token}"}
+            )
+            envelope = self._envelope(response)
+            code = envelope.get("code")
+            if response.status == 401 or code == 401:
+                self._token = None  # expired or revoked: log in again, once
+                if attempt == 0:
+                    continue
+                raise PermanentTargetError(self.name, f"{method} {path}: unauthorized after login")
+            if code == 200 and response.status < 400:
+                return envelope.get("data")
+            if code == 404 and missing_ok:
+                return None
+            message = str(envelope.get("msg", ""))[:200]
+            raise PermanentTargetError(
+                self.name, f"{method} {path}: HTTP {response.status}, code {code}: {message}"
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _envelope(self, response: Response) -> dict[str, Any]:
+        envelope = response.json(self.name)
+        if not isinstance(envelope, dict) or "code" not in envelope:
+            raise PermanentTargetError(
+                self.name,
+                f"malformed response to {response.method} {response.path}: not a code/msg envelope",
+            )
+        return envelope
+
+    async def _login(self) -> str:
+        async with self._login_lock:
+            loop = asyncio.get_running_loop()
+            if self._token is not None and loop.time() < self._token_expires:
+                return self._token
+            minutes = self._settings.token_minutes
+            response = await self.client.request(
+                "POST",
+                "/v1/auth/login",
+                json={
+                    "username": self._settings.username,
+                    "password": self._settings.password.get_secret_value(),
+                    "validTime": minutes,
+                },
+            )
+            envelope = self._envelope(response)
+            code = envelope.get("code")
+            data = envelope.get("data")
+            if code in (1000, 1001) or response.status == 401:
+                what = {1000: "the account does not exist", 1001: "the password is wrong"}
+                raise PermanentTargetError(
+                    self.name,
+                    f"login as {self._settings.username!r} refused: "
+                    f"{what.get(code, 'unauthorized') if isinstance(code, int) else 'unauthorized'}"
+                    "; check username and password",
+                )
+            token = data.get("token") if isinstance(data, dict) else None
+            if code != 200 or not isinstance(token, str) or not token:
+                raise PermanentTargetError(
+                    self.name, f"login failed: HTTP {response.status}, code {code}"
+                )
+            self._token = token
+            # Renew a little early so a token never expires between check and use.
+            self._token_expires = loop.time() + minutes * 60 * 0.9
+            return token
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    """The device reports an unset time as 0 (or leaves it out): both mean none."""
+    return int(value) or None if value else None
+
+
+def _millis(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)

@@ -1,0 +1,129 @@
+"""The planner's laws, for any desired, observed and ledger hypothesis can think of.
+
+Convergence: applying a plan yields the desired state. Idempotence: a converged state plans
+nothing. Ownership: nothing outside the ledger is ever deleted or touched. Determinism: the same
+inputs give the same plan and fingerprint, whatever order they came in.
+"""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.core import changes, planning
+from reconciler.core.changes import Action
+from reconciler.core.persons import Desired, Person, PersonType, Photo
+from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson
+from reconciler.core.records import Invalid
+from tests.core.kinds import HASHER, SPEC, apply_in_memory, projection, render
+
+IDS = st.sampled_from([f"{n:03d}" for n in range(12)])
+TEXT = st.sampled_from(["", "a", "b", "张三"])
+
+
+@st.composite
+def people(draw: st.DrawFn) -> Person:
+    digest = draw(st.sampled_from([None, "d1", "d2"]))
+    return Person(
+        id=draw(IDS),
+        name=draw(st.sampled_from(["a", "b", "张三"])),
+        type=draw(st.sampled_from(list(PersonType))),
+        groups=tuple(draw(st.lists(st.sampled_from(["g1", "g2", "g3"]), max_size=2, unique=True))),
+        pin=draw(TEXT),
+        photo=None
+        if digest is None
+        else Photo(path="/x", digest=digest, media_type="image/jpeg", size=1),
+        protected=draw(st.booleans()),
+    )
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> tuple[Desired, Observed, dict[str, LedgerEntry]]:
+    persons = {p.id: p for p in draw(st.lists(people(), max_size=8))}
+    desired = Desired(persons=dict(sorted(persons.items())))
+    observed: dict[str, ObservedPerson] = {}
+    for pid in draw(st.lists(IDS, max_size=8, unique=True)):
+        base = draw(people())
+        record = render(
+            Person(id=pid, name=base.name, type=base.type, groups=base.groups, pin=base.pin)
+        )
+        if isinstance(record, Invalid):
+            record = render(Person(id=pid, name=base.name))
+        assert not isinstance(record, Invalid)
+        observed[pid] = ObservedPerson(record=projection(record))
+    ledger: dict[str, LedgerEntry] = {}
+    for pid in draw(st.lists(IDS, max_size=8, unique=True)):
+        ledger[pid] = LedgerEntry(
+            person_id=pid,
+            fingerprint=draw(st.sampled_from(["", "stale"])),
+            written=draw(st.sampled_from([{}, {"photo": "stale"}])),
+        )
+    return desired, Observed(persons=observed), ledger
+
+
+@settings(max_examples=300, deadline=None)
+@given(situations())
+def test_applying_a_plan_converges_and_then_nothing_is_planned(
+    situation: tuple[Desired, Observed, dict[str, LedgerEntry]],
+) -> None:
+    desired, observed, ledger = situation
+    plan = planning.compute(desired, SPEC, observed, ledger, HASHER)
+    after, after_ledger = apply_in_memory(plan, observed, ledger)
+
+    again = planning.compute(desired, SPEC, after, after_ledger, HASHER)
+    assert again.changes == ()
+
+    stuck = set(plan.foreign) | {i.person_id for i in plan.invalid}
+    for pid, person in desired.persons.items():
+        if pid in stuck:
+            continue
+        record = render(person)
+        assert not isinstance(record, Invalid)
+        assert after.persons[pid].record == projection(record)
+    for pid in set(after.persons) - set(desired.persons):
+        assert pid in plan.foreign or pid not in after_ledger
+
+
+@settings(max_examples=300, deadline=None)
+@given(situations())
+def test_nothing_outside_the_ledger_is_ever_deleted_or_touched(
+    situation: tuple[Desired, Observed, dict[str, LedgerEntry]],
+) -> None:
+    desired, observed, ledger = situation
+    plan = planning.compute(desired, SPEC, observed, ledger, HASHER)
+    for change in plan.changes:
+        if change.action is Action.DELETE:
+            assert change.person_id in ledger
+        if change.person_id in observed.persons:
+            assert change.person_id in ledger, "a foreign person was touched"
+    assert not set(plan.foreign) & {c.person_id for c in plan.changes}
+
+
+@settings(max_examples=200, deadline=None)
+@given(situations(), st.randoms(use_true_random=False))
+def test_same_inputs_in_any_order_give_the_same_plan_and_fingerprint(
+    situation: tuple[Desired, Observed, dict[str, LedgerEntry]], shuffler: random.Random
+) -> None:
+    desired, observed, ledger = situation
+
+    def shuffled(mapping: dict[str, object]) -> dict[str, object]:
+        items = list(mapping.items())
+        shuffler.shuffle(items)
+        return dict(items)
+
+    first = planning.compute(desired, SPEC, observed, ledger, HASHER)
+    second = planning.compute(
+        Desired(persons=shuffled(dict(desired.persons))),  # type: ignore[arg-type]
+        SPEC,
+        Observed(persons=shuffled(dict(observed.persons))),  # type: ignore[arg-type]
+        shuffled(dict(ledger)),  # type: ignore[arg-type]
+        HASHER,
+    )
+    assert first == second
+    assert changes.fingerprint("d", [first], HASHER) == changes.fingerprint("d", [second], HASHER)
+    ids = [c.person_id for c in first.changes if c.action is not Action.DELETE]
+    assert ids == sorted(ids)
+    deletes = [c.person_id for c in first.changes if c.action is Action.DELETE]
+    assert deletes == sorted(deletes)

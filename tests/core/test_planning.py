@@ -1,0 +1,241 @@
+"""Planning, one situation per test: what each combination of desired, observed and ledger plans."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reconciler.core import planning
+from reconciler.core.changes import Action, Reason
+from reconciler.core.persons import Desired, Person, PersonType, Photo
+from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson, Prune, Select
+from tests.core.kinds import HASHER, KIND, SPEC, apply_in_memory, projection, render
+
+
+def person(pid: str, **fields: object) -> Person:
+    fields.setdefault("name", f"person {pid}")
+    return Person(id=pid, **fields)  # type: ignore[arg-type]
+
+
+def desired(*persons: Person) -> Desired:
+    return Desired(persons={p.id: p for p in sorted(persons, key=lambda p: p.id)})
+
+
+def converged(*persons: Person) -> tuple[Observed, dict[str, LedgerEntry]]:
+    """The target and ledger after these persons were applied."""
+    plan = planning.compute(desired(*persons), SPEC, Observed(persons={}), {}, HASHER)
+    return apply_in_memory(plan, Observed(persons={}), {})
+
+
+def photo(digest: str) -> Photo:
+    return Photo(path=f"/p/{digest}.jpg", digest=digest, media_type="image/jpeg", size=10)
+
+
+def test_new_persons_are_created_in_id_order() -> None:
+    plan = planning.compute(
+        desired(person("2"), person("1")), SPEC, Observed(persons={}), {}, HASHER
+    )
+    assert [(c.action, c.person_id, c.reason) for c in plan.changes] == [
+        (Action.CREATE, "1", Reason.NEW),
+        (Action.CREATE, "2", Reason.NEW),
+    ]
+
+
+def test_a_converged_target_plans_nothing() -> None:
+    people = (person("1", groups=("a",)), person("2", photo=photo("x")))
+    observed, ledger = converged(*people)
+    plan = planning.compute(desired(*people), SPEC, observed, ledger, HASHER)
+    assert plan.changes == ()
+    assert plan.foreign == ()
+
+
+def test_a_desired_edit_is_an_update_for_intent_with_old_and_new_values() -> None:
+    observed, ledger = converged(person("1"))
+    plan = planning.compute(desired(person("1", groups=("b",))), SPEC, observed, ledger, HASHER)
+    (change,) = plan.changes
+    assert (change.action, change.reason) == (Action.UPDATE, Reason.INTENT)
+    assert [(f.field, f.old, f.new) for f in change.fields] == [("groups", [], ["b"])]
+
+
+def test_an_edit_on_the_device_is_an_update_for_drift() -> None:
+    observed, ledger = converged(person("1"))
+    edited = dict(observed.persons["1"].record, name="renamed on the device")
+    observed = Observed(persons={"1": ObservedPerson(record=edited)})
+    plan = planning.compute(desired(person("1")), SPEC, observed, ledger, HASHER)
+    (change,) = plan.changes
+    assert (change.action, change.reason) == (Action.UPDATE, Reason.DRIFT)
+    assert [(f.field, f.old, f.new) for f in change.fields] == [
+        ("name", "renamed on the device", "person 1")
+    ]
+
+
+def test_a_person_deleted_on_the_device_is_created_again_for_drift() -> None:
+    observed, ledger = converged(person("1"))
+    plan = planning.compute(desired(person("1")), SPEC, Observed(persons={}), ledger, HASHER)
+    assert [(c.action, c.reason) for c in plan.changes] == [(Action.CREATE, Reason.DRIFT)]
+
+
+def test_a_write_only_change_is_found_against_the_ledger_not_the_target() -> None:
+    observed, ledger = converged(person("1", photo=photo("old")))
+    plan = planning.compute(
+        desired(person("1", photo=photo("new"))), SPEC, observed, ledger, HASHER
+    )
+    (change,) = plan.changes
+    assert change.action is Action.UPDATE
+    (field,) = change.fields
+    assert (field.field, field.new, field.write_only) == ("photo", "new", True)
+
+
+def test_an_immutable_change_is_a_replace() -> None:
+    observed, ledger = converged(person("1"))
+    plan = planning.compute(
+        desired(person("1", type=PersonType.VISITOR)), SPEC, observed, ledger, HASHER
+    )
+    (change,) = plan.changes
+    assert (change.action, change.reason) == (Action.REPLACE, Reason.IMMUTABLE)
+    assert [(f.field, f.old, f.new) for f in change.fields] == [("type", "staff", "visitor")]
+
+
+def test_a_protected_person_is_never_replaced() -> None:
+    observed, ledger = converged(person("1", protected=True))
+    plan = planning.compute(
+        desired(person("1", type=PersonType.VISITOR, protected=True)),
+        SPEC,
+        observed,
+        ledger,
+        HASHER,
+    )
+    assert plan.changes == ()
+    (invalid,) = plan.invalid
+    assert "protected" in invalid.error
+
+
+def test_a_removed_person_the_ledger_owns_is_deleted_last() -> None:
+    observed, ledger = converged(person("1"), person("2"))
+    plan = planning.compute(desired(person("2"), person("3")), SPEC, observed, ledger, HASHER)
+    assert [(c.action, c.person_id, c.reason) for c in plan.changes] == [
+        (Action.CREATE, "3", Reason.NEW),
+        (Action.DELETE, "1", Reason.REMOVED),
+    ]
+
+
+def test_foreign_persons_are_reported_and_never_touched_even_when_desired() -> None:
+    record = projection(render(person("9")))  # type: ignore[arg-type]
+    observed = Observed(
+        persons={
+            "9": ObservedPerson(record=dict(record, name="someone else")),
+            "8": ObservedPerson(record=record),
+        }
+    )
+    plan = planning.compute(desired(person("9")), SPEC, observed, {}, HASHER)
+    assert plan.changes == ()
+    assert plan.foreign == ("8", "9")
+
+
+def test_prune_none_never_deletes() -> None:
+    observed, ledger = converged(person("1"))
+    spec = dataclasses.replace(SPEC, prune=Prune.NONE)
+    plan = planning.compute(desired(), spec, observed, ledger, HASHER)
+    assert plan.changes == ()
+
+
+def test_ledger_rows_gone_from_both_sides_are_forgotten_not_deleted() -> None:
+    _, ledger = converged(person("1"))
+    plan = planning.compute(desired(), SPEC, Observed(persons={}), ledger, HASHER)
+    assert plan.changes == ()
+    assert plan.forget == ("1",)
+
+
+def test_a_pending_ledger_row_after_a_crash_is_owned_and_converges_by_update() -> None:
+    # The create was sent, the process died before the confirmation was recorded.
+    observed, _ = converged(person("1", photo=photo("p")))
+    pending = {"1": LedgerEntry(person_id="1")}
+    plan = planning.compute(desired(person("1", photo=photo("p"))), SPEC, observed, pending, HASHER)
+    (change,) = plan.changes
+    assert (change.action, change.reason) == (Action.UPDATE, Reason.INTENT)
+    assert plan.foreign == ()
+
+
+def test_select_scopes_persons_and_out_of_scope_owned_persons_are_deleted() -> None:
+    observed, ledger = converged(person("1"), person("2", type=PersonType.VISITOR))
+    spec = dataclasses.replace(SPEC, select=Select(types=frozenset({PersonType.STAFF})))
+    plan = planning.compute(
+        desired(person("1"), person("2", type=PersonType.VISITOR)), spec, observed, ledger, HASHER
+    )
+    assert [(c.action, c.person_id) for c in plan.changes] == [(Action.DELETE, "2")]
+
+
+@pytest.mark.parametrize(
+    ("select", "admitted"),
+    [
+        (Select(), {"a", "b", "c"}),
+        (Select(groups=frozenset({"g1"})), {"a"}),
+        (Select(labels={"building": "B"}), {"b"}),
+        (Select(types=frozenset({PersonType.VISITOR}), groups=frozenset({"g2"})), {"c"}),
+    ],
+)
+def test_select(select: Select, admitted: set[str]) -> None:
+    people = [
+        person("a", groups=("g1",), labels={"building": "A"}),
+        person("b", groups=("g2",), labels={"building": "B"}),
+        person("c", type=PersonType.VISITOR, groups=("g2",)),
+    ]
+    assert {p.id for p in people if select.matches(p)} == admitted
+
+
+def test_a_type_the_kind_lacks_is_invalid_for_that_person_only() -> None:
+    plan = planning.compute(
+        desired(person("1"), person("2", type=PersonType.VIP)),
+        SPEC,
+        Observed(persons={}),
+        {},
+        HASHER,
+    )
+    assert [c.person_id for c in plan.changes] == ["1"]
+    assert [(i.person_id, i.error) for i in plan.invalid] == [
+        ("2", "type vip is not supported by toy")
+    ]
+
+
+def test_an_invalid_owned_person_is_not_deleted() -> None:
+    observed, ledger = converged(person("2"))
+    plan = planning.compute(
+        desired(person("2", type=PersonType.VIP)), SPEC, observed, ledger, HASHER
+    )
+    assert plan.changes == ()
+
+
+def test_sensitive_values_never_reach_a_change() -> None:
+    observed, ledger = converged(person("1", pin="1111"))
+    plan = planning.compute(desired(person("1", pin="2222")), SPEC, observed, ledger, HASHER)
+    (change,) = plan.changes
+    (field,) = change.fields
+    assert (field.field, field.old, field.new, field.sensitive) == ("pin", None, None, True)
+
+
+def test_only_restricts_every_kind_of_change() -> None:
+    observed, ledger = converged(person("1"), person("2"))
+    plan = planning.compute(
+        desired(person("3"), person("4")), SPEC, observed, ledger, HASHER, only={"1", "3"}
+    )
+    assert [(c.action, c.person_id) for c in plan.changes] == [
+        (Action.CREATE, "3"),
+        (Action.DELETE, "1"),
+    ]
+
+
+def test_a_kind_that_cannot_list_is_planned_from_the_ledger() -> None:
+    spec = dataclasses.replace(SPEC, kind=dataclasses.replace(KIND, can_list=False))
+    first = planning.compute(desired(person("1")), spec, None, {}, HASHER)
+    (create,) = first.changes
+    ledger = {
+        "1": LedgerEntry(person_id="1", fingerprint=create.fingerprint, written=create.written)
+    }
+    assert planning.compute(desired(person("1")), spec, None, ledger, HASHER).changes == ()
+    edited = planning.compute(desired(person("1", name="new")), spec, None, ledger, HASHER)
+    (update,) = edited.changes
+    assert [(f.field, f.write_only) for f in update.fields] == [("name", True)]
+    assert (
+        planning.compute(desired(), spec, None, ledger, HASHER).changes[0].action is Action.DELETE
+    )

@@ -1,0 +1,322 @@
+"""The nebula_pass adapter against its simulator, over loopback HTTP (no mocks)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from reconciler.core import planning
+from reconciler.core.changes import Action, TargetPlan
+from reconciler.core.persons import Desired, Person, PersonType, Photo
+from reconciler.core.planning import LedgerEntry, Observed
+from reconciler.core.records import Hasher, Invalid
+from reconciler.errors import PermanentTargetError, TemporaryTargetError
+from reconciler.simulators.base import serve
+from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from reconciler.targets import nebula_pass
+from reconciler.targets.base import Outcome
+from reconciler.targets.http import Backoff
+from reconciler.targets.nebula_pass import NebulaPass
+
+HASHER = Hasher(b"t" * 32)
+FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
+
+MakeTarget = Callable[..., NebulaPass]
+
+
+@pytest.fixture
+async def make_target(nebula_url: str) -> AsyncIterator[MakeTarget]:
+    made: list[NebulaPass] = []
+
+    def make(**overrides: Any) -> NebulaPass:
+        values: dict[str, Any] = {
+            "url": nebula_url,
+            "username": "admin",
+            "password": "s3cret-lobby-pw",
+            "rate_limit": None,
+        }
+        values.update(overrides)
+        target = NebulaPass("lobby", nebula_pass.Settings(**values), backoff=FAST)
+        made.append(target)
+        return target
+
+    yield make
+    for target in made:
+        await target.aclose()
+
+
+def person(pid: str, **fields: Any) -> Person:
+    fields.setdefault("name", f"用户{pid}")
+    return Person(id=pid, **fields)
+
+
+def desired(*persons: Person) -> Desired:
+    return Desired(persons={p.id: p for p in sorted(persons, key=lambda p: p.id)})
+
+
+class Sync:
+    """Plan and apply like the executor does, keeping the ledger in memory."""
+
+    def __init__(self, target: NebulaPass) -> None:
+        self.target = target
+        self.ledger: dict[str, LedgerEntry] = {}
+
+    async def plan(self, wanted: Desired) -> TargetPlan:
+        observed = await self.target.observe()
+        return planning.compute(wanted, self.target.spec, observed, self.ledger, HASHER)
+
+    async def apply(self, plan: TargetPlan) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for change in plan.changes:
+            if change.action is Action.CREATE:
+                self.ledger.setdefault(change.person_id, LedgerEntry(person_id=change.person_id))
+        async for batch in self.target.apply(plan.changes):
+            for outcome in batch:
+                outcomes.append(outcome)
+                change = outcome.change
+                if not outcome.ok:
+                    continue
+                if change.action is Action.DELETE:
+                    self.ledger.pop(change.person_id, None)
+                else:
+                    self.ledger[change.person_id] = LedgerEntry(
+                        person_id=change.person_id,
+                        fingerprint=change.fingerprint,
+                        written=change.written,
+                    )
+        return outcomes
+
+    async def converge(self, wanted: Desired) -> list[Outcome]:
+        return await self.apply(await self.plan(wanted))
+
+
+async def test_observe_an_empty_device(make_target: MakeTarget) -> None:
+    observed = await make_target().observe()
+    assert observed == Observed(persons={})
+
+
+async def test_create_then_nothing_left_to_do(
+    make_target: MakeTarget, nebula: NebulaPassSimulator, photos: dict[str, Photo]
+) -> None:
+    sync = Sync(make_target())
+    wanted = desired(
+        person("1", card="0001", pin="0000", groups=("hq",), photo=photos["a.jpg"], admin=True),
+        person("2", type=PersonType.BLACKLIST, remark="banned"),
+    )
+    outcomes = await sync.converge(wanted)
+    assert all(o.ok for o in outcomes)
+    stored = nebula.users["1"]
+    assert (stored["name"], stored["type"], stored["ic_number"], stored["pin"]) == (
+        "用户1",
+        1,
+        "0001",
+        "0000",
+    )
+    assert base64.b64decode(stored["avatar"]) == Path(photos["a.jpg"].path).read_bytes()
+    assert nebula.users["2"]["type"] == 5
+
+    again = await sync.plan(wanted)
+    assert again.changes == ()
+
+
+async def test_more_than_one_page_is_read_and_writes_are_batched(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    sync = Sync(make_target(batch_size=100))
+    wanted = desired(*(person(f"{n:04d}") for n in range(250)))
+    await sync.converge(wanted)
+    assert nebula.log.count("POST", "/v2/user") == 3  # ceil(250 / 100): the minimum
+
+    nebula.log.clear()
+    again = await sync.plan(wanted)
+    assert again.changes == ()
+    assert nebula.log.count("GET", "/v1/user/offset/{offset}/limit/{limit}") == 3
+    assert nebula.log.writes() == 0
+
+
+async def test_a_group_map_translates_group_names(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    sync = Sync(make_target(group_map={"hq": "G1"}))
+    await sync.converge(desired(person("1", groups=("hq", "lab"))))
+    assert nebula.users["1"]["groups"] == ["G1", "lab"]
+    assert (await sync.plan(desired(person("1", groups=("hq", "lab"))))).changes == ()
+
+
+async def test_an_expired_token_is_renewed_by_logging_in_again(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    import asyncio
+
+    nebula.token_ttl = 0.2
+    target = make_target()
+    await target.observe()
+    await asyncio.sleep(0.3)
+    await target.observe()
+    assert nebula.log.count("POST", "/v1/auth/login") == 2
+
+
+async def test_per_item_errors_fail_only_those_persons(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    nebula.max_users = 2
+    sync = Sync(make_target())
+    outcomes = await sync.converge(desired(person("1"), person("2"), person("3")))
+    failed = [(o.change.person_id, o.ok, o.retryable) for o in outcomes if not o.ok]
+    assert failed == [("3", False, False)]
+    assert "capacity" in (next(o for o in outcomes if not o.ok).error or "")
+    assert set(nebula.users) == {"1", "2"}
+    assert set(sync.ledger) == {"1", "2", "3"}  # 3 stays pending: planned again next pass
+    assert [
+        c.person_id
+        for c in (await sync.plan(desired(person("1"), person("2"), person("3")))).changes
+    ] == ["3"]
+
+
+async def test_a_type_change_is_a_replace_that_keeps_the_photo(
+    make_target: MakeTarget, nebula: NebulaPassSimulator, photos: dict[str, Photo]
+) -> None:
+    sync = Sync(make_target())
+    await sync.converge(desired(person("1", photo=photos["a.jpg"])))
+    plan = await sync.plan(desired(person("1", type=PersonType.VISITOR, photo=photos["a.jpg"])))
+    assert [(c.action, c.person_id) for c in plan.changes] == [(Action.REPLACE, "1")]
+    outcomes = await sync.apply(plan)
+    assert all(o.ok for o in outcomes)
+    assert nebula.users["1"]["type"] == 2
+    assert nebula.users["1"]["avatar"]
+    assert nebula.log.count("DELETE", "/v2/user") == 1
+
+
+async def test_a_photo_change_is_sent_and_a_removed_photo_is_cleared(
+    make_target: MakeTarget, nebula: NebulaPassSimulator, photos: dict[str, Photo]
+) -> None:
+    sync = Sync(make_target())
+    await sync.converge(desired(person("1", photo=photos["a.jpg"])))
+    plan = await sync.plan(desired(person("1", photo=photos["c.png"])))
+    (change,) = plan.changes
+    assert [f.field for f in change.fields] == ["avatar"]
+    await sync.apply(plan)
+    assert base64.b64decode(nebula.users["1"]["avatar"]).startswith(b"\x89PNG")
+    await sync.converge(desired(person("1")))
+    assert nebula.users["1"]["avatar"] == ""
+    assert (await sync.plan(desired(person("1")))).changes == ()
+
+
+async def test_an_update_without_a_photo_change_does_not_resend_the_photo(
+    make_target: MakeTarget, nebula: NebulaPassSimulator, photos: dict[str, Photo]
+) -> None:
+    sync = Sync(make_target())
+    await sync.converge(desired(person("1", photo=photos["a.jpg"])))
+    avatar = nebula.users["1"]["avatar"]
+    await sync.converge(desired(person("1", name="renamed", photo=photos["a.jpg"])))
+    assert nebula.users["1"]["name"] == "renamed"
+    assert nebula.users["1"]["avatar"] == avatar
+
+
+async def test_delete(make_target: MakeTarget, nebula: NebulaPassSimulator) -> None:
+    sync = Sync(make_target())
+    await sync.converge(desired(person("1"), person("2")))
+    plan = await sync.plan(desired(person("2")))
+    assert [(c.action, c.person_id) for c in plan.changes] == [(Action.DELETE, "1")]
+    await sync.apply(plan)
+    assert set(nebula.users) == {"2"}
+    assert set(sync.ledger) == {"2"}
+
+
+async def test_a_delete_of_a_person_already_gone_counts_as_done(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    sync = Sync(make_target())
+    await sync.converge(desired(person("1")))
+    plan = await sync.plan(desired())
+    del nebula.users["1"]  # someone removed it on the device meanwhile
+    outcomes = await sync.apply(plan)
+    assert [o.ok for o in outcomes] == [True]
+
+
+async def test_a_vip_is_invalid_for_this_kind(make_target: MakeTarget) -> None:
+    target = make_target()
+    assert target.spec.render(person("1", type=PersonType.VIP)) == Invalid(
+        person_id="1", error="type vip is not supported by nebula_pass (staff, visitor, blacklist)"
+    )
+
+
+async def test_wrong_credentials_are_a_clear_permanent_error_without_the_password(
+    make_target: MakeTarget,
+) -> None:
+    target = make_target(password="wrong-password-xyz")
+    with pytest.raises(PermanentTargetError) as caught:
+        await target.observe()
+    assert "password is wrong" in str(caught.value)
+    assert "wrong-password-xyz" not in str(caught.value)
+
+
+async def test_a_malformed_response_is_a_target_error(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    target = make_target()
+    await target.observe()  # logged in; now the listing answers garbage
+    nebula.faults.malformed_rate = 1.0
+    with pytest.raises(PermanentTargetError, match="malformed|not JSON"):
+        await target.observe()
+
+
+async def test_temporary_failures_are_retried(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    nebula.faults.fail_next = [503, 502, 429]
+    nebula.faults.retry_after = 0.05
+    observed = await make_target().observe()
+    assert observed.persons == {}
+
+
+async def test_retries_give_up_with_a_temporary_error(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    nebula.faults.error_rate = 1.0
+    with pytest.raises(TemporaryTargetError, match="503"):
+        await make_target().observe()
+
+
+async def test_an_unreachable_device_is_a_temporary_error() -> None:
+    settings = nebula_pass.Settings(url="http://127.0.0.1:9", username="a", password="b")
+    target = NebulaPass("gone", settings, backoff=dataclasses.replace(FAST, attempts=2))
+    try:
+        with pytest.raises(TemporaryTargetError, match="target gone"):
+            await target.observe()
+    finally:
+        await target.aclose()
+
+
+async def test_https_with_ca_file_and_without_verification(
+    nebula: NebulaPassSimulator, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    served = await serve(nebula, ssl_context=server_context)
+    base = {"url": served.url, "username": "admin", "password": "s3cret-lobby-pw"}
+    targets = [
+        NebulaPass("ca", nebula_pass.Settings(**base, ca_file=ca_file), backoff=FAST),
+        NebulaPass("noverify", nebula_pass.Settings(**base, tls_verify=False), backoff=FAST),
+        NebulaPass("system", nebula_pass.Settings(**base), backoff=FAST),
+    ]
+    try:
+        assert served.url.startswith("https://")
+        assert (await targets[0].observe()).persons == {}
+        assert (await targets[1].observe()).persons == {}
+        with pytest.raises(PermanentTargetError, match="ca_file"):
+            await targets[2].observe()
+    finally:
+        for target in targets:
+            await target.aclose()
+        await served.close()

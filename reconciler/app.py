@@ -7,6 +7,7 @@ desired state) and builds the adapters. I/O only through the pieces it opens.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
@@ -96,14 +97,19 @@ def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
             loc = tuple(error["loc"])
-            place = yamlfile.locate(raw.source, ("targets", raw.name, *loc))
+            unknown = error["type"] == "extra_forbidden"
+            # An unknown key is wrong where the key is written; a bad value where the value is.
+            place = yamlfile.locate(raw.source, ("targets", raw.name, *loc), key=unknown)
             if place is None and loc:
                 place = yamlfile.locate(raw.source, ("targets", raw.name))
             line, column = place or (raw.line, None)
             key = ".".join(str(part) for part in loc) or "settings"
-            message = error["msg"]
-            if error["type"] == "extra_forbidden":
+            message = error["msg"].removeprefix("Value error, ")
+            if unknown:
                 message = f"unknown key {key!r} for kind {raw.kind}"
+                close = difflib.get_close_matches(key, list(entry.settings.model_fields), n=1)
+                if close:
+                    message += f" (did you mean {close[0]!r}?)"
             elif error["type"] == "missing":
                 message = f"{key} is required for kind {raw.kind}"
             else:
@@ -116,6 +122,7 @@ def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -
                     message=f"target {raw.name}: {message}",
                 )
             )
+        problems.sort(key=lambda p: (p.line or 0, p.column or 0))
         raise DesiredError(problems) from None
 
 

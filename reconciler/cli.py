@@ -331,7 +331,7 @@ def target_lines(t: TargetPlan) -> Iterator[str]:
         return
     if t.observed_digest is None:
         yield "  (write-only: this kind cannot list persons; planned from the ledger)"
-    if not t.changes and not t.held and not t.invalid:
+    if not t.changes and not t.held:
         yield "  no changes"
     for change in t.changes:
         yield from change_lines(change)
@@ -373,6 +373,8 @@ def field_text(field: FieldChange, action: Action) -> str:
 def value_text(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, str) and value.startswith("sha256:") and len(value) > 19:
+        return value[:19] + "…"  # a photo's content hash: enough to tell photos apart
     return orjson.dumps(value).decode()
 
 

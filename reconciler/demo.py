@@ -30,9 +30,32 @@ EXAMPLE = Path("desired.example.yaml")
 #: Set as every target's login on its simulator: generated per run, never printed.
 DEMO_USER = "admin"
 
-SIMULATORS: dict[str, Callable[[str, str], Simulator]] = {
-    "nebula_pass": lambda user, password: NebulaPassSimulator(username=user, password=password),
-}
+
+def _nebula_pass(user: str, password: str) -> Simulator:
+    simulator = NebulaPassSimulator(username=user, password=password)
+    # Someone enrolled at the device by hand: the demo shows it is reported, never touched.
+    simulator.users["9001"] = {
+        "user_id": "9001",
+        "name": "前台登记",
+        "type": 2,
+        "avatar": "",
+        "feature": "",
+        "ic_number": "",
+        "id_number": "",
+        "job_number": "",
+        "pin": "",
+        "guest_time_start": 0,
+        "guest_time_end": 0,
+        "groups": [],
+        "is_admin": False,
+        "remark": "enrolled at the device",
+        "create_at": 0,
+        "update_at": 0,
+    }
+    return simulator
+
+
+SIMULATORS: dict[str, Callable[[str, str], Simulator]] = {"nebula_pass": _nebula_pass}
 
 
 class DemoEnvironment(Mapping[str, str]):
@@ -98,13 +121,17 @@ async def run(
             click.secho("\n== 3. plan again: nothing left to do", bold=True)
             second = await cycle.plan(app)
             render(second)
+        store = state / "reconciler.sqlite3"
+        ledger_query = "'SELECT target, person_id, applied_at FROM ledger'"
+        passes_query = "'SELECT * FROM passes'"
         click.echo(
-            f"\nWhere to look:\n"
-            f"  the ledger and passes:   {state / 'reconciler.sqlite3'} (sqlite3)\n"
-            f"  the plan as JSON:        reconciler -f {example} plan --json "
-            "(against your own targets)\n"
-            f"  the simulators:          "
-            + ", ".join(f"{name} {endpoint.url}" for name, (endpoint, _) in served.items())
+            "\nWhere to look:\n"
+            "  the log lines on stderr: plan.computed, change.planned, then change.applied "
+            "or change.failed per person\n"
+            f"  the ledger (what reconciler owns): sqlite3 {store} {ledger_query}\n"
+            f"  the passes: sqlite3 {store} {passes_query}\n"
+            "  your own site: cp desired.example.yaml desired.yaml, edit, then "
+            "reconciler validate && reconciler plan"
         )
         if keep:
             click.echo("Simulators keep running; Ctrl-C stops them.")

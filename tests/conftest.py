@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,8 @@ async def nebula_url(nebula: NebulaPassSimulator) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def photos(tmp_path: Path) -> Iterator[dict[str, Photo]]:
+def photos(tmp_path: Path) -> dict[str, Photo]:
     """Three distinct photos on disk, as the loader would describe them."""
-    import hashlib
-
     found = {}
     for name, data in (("a.jpg", JPEG + b"a"), ("b.jpg", JPEG + b"b"), ("c.png", PNG + b"c")):
         path = tmp_path / name
@@ -46,7 +45,7 @@ def photos(tmp_path: Path) -> Iterator[dict[str, Photo]]:
             media_type="image/png" if name.endswith("png") else "image/jpeg",
             size=len(data),
         )
-    yield found
+    return found
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -46,7 +47,7 @@ class TargetSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str = Field(pattern=r"^https?://[^\s/]+", description="Base URL of the target")
+    url: str = Field(description="Base URL of the target: http://host:port or https://host:port")
     tls_verify: bool = Field(True, description="Verify the server certificate (https)")
     ca_file: Path | None = Field(None, description="PEM bundle to trust instead of the system's")
     select: SelectSettings = Field(default_factory=SelectSettings)
@@ -59,6 +60,14 @@ class TargetSettings(BaseModel):
     rate_limit: float | None = Field(20.0, gt=0, description="Requests per second; null: none")
     timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one request")
     suspended: bool = Field(False, description="Observe and plan, never apply")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
 
     @field_validator("max_deletes")
     @classmethod

@@ -71,7 +71,7 @@ def test_an_edit_on_the_device_is_an_update_for_drift() -> None:
 
 
 def test_a_person_deleted_on_the_device_is_created_again_for_drift() -> None:
-    observed, ledger = converged(person("1"))
+    _observed, ledger = converged(person("1"))
     plan = planning.compute(desired(person("1")), SPEC, Observed(persons={}), ledger, HASHER)
     assert [(c.action, c.reason) for c in plan.changes] == [(Action.CREATE, Reason.DRIFT)]
 

@@ -264,7 +264,7 @@ async def test_a_malformed_response_is_a_target_error(
     target = make_target()
     await target.observe()  # logged in; now the listing answers garbage
     nebula.faults.malformed_rate = 1.0
-    with pytest.raises(PermanentTargetError, match="malformed|not JSON"):
+    with pytest.raises(PermanentTargetError, match=r"malformed|not JSON"):
         await target.observe()
 
 

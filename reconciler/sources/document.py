@@ -1,0 +1,226 @@
+"""The desired-state file format (DESIGN A1) as pydantic models of one file, and its JSON Schema.
+
+Pure: validation only, no I/O. Strict throughout, because YAML's implicit typing silently turns
+`1001` into an int and `0123` into 83: a value of the wrong type is an error, never coerced.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+#: The target kinds this version speaks.
+KINDS: tuple[str, ...] = ("nebula_pass", "sophon_fog", "sophon_sight", "siteserver")
+#: Target names, as a regular expression usable both by pydantic and in JSON Schema.
+TARGET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+#: Where document_schema() keeps the schema of a target's value, for merging per-kind schemas.
+TARGET_DEF = "Target"
+
+
+def _config(
+    *, extra: Literal["forbid", "allow"] = "forbid", title: str | None = None
+) -> ConfigDict:
+    return ConfigDict(
+        extra=extra,
+        strict=True,
+        # The inputs may be secrets (target settings) or sensitive person data.
+        hide_input_in_errors=True,
+        use_attribute_docstrings=True,
+        title=title,
+    )
+
+
+#: The error types of this module's validators: their messages continue a sentence that starts
+#: with the field's name ("valid_until must be after valid_from").
+OWN_ERROR_TYPES = frozenset(
+    {
+        "id_whitespace",
+        "id_control",
+        "email_format",
+        "datetime_format",
+        "datetime_date_only",
+        "datetime_type",
+        "datetime_naive",
+        "valid_until_order",
+        "version",
+    }
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+_EXAMPLE_TIME = "2026-11-01T09:00:00+08:00"
+
+
+def _check_id(value: str) -> str:
+    if value != value.strip():
+        raise PydanticCustomError("id_whitespace", "must not start or end with whitespace")
+    if _CONTROL.search(value):
+        raise PydanticCustomError("id_control", "must not contain control characters")
+    return value
+
+
+def _check_email(value: str) -> str:
+    if value and not _EMAIL.fullmatch(value):
+        raise PydanticCustomError("email_format", "must look like name@example.com")
+    return value
+
+
+def _aware_datetime(value: Any) -> datetime:
+    # YAML timestamps arrive as datetime (or date) objects; quoted ones as ISO 8601 strings.
+    parsed: datetime
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise PydanticCustomError(
+                "datetime_format",
+                "must be an ISO 8601 date and time with an offset, e.g. {example}",
+                {"example": _EXAMPLE_TIME},
+            ) from None
+    elif isinstance(value, datetime):
+        parsed = value
+    else:
+        if isinstance(value, date):
+            raise PydanticCustomError(
+                "datetime_date_only",
+                "must have a time and an offset, not only a date, e.g. {example}",
+                {"example": _EXAMPLE_TIME},
+            )
+        raise PydanticCustomError(
+            "datetime_type",
+            "must be a date and time with an offset, e.g. {example}",
+            {"example": _EXAMPLE_TIME},
+        )
+    if parsed.utcoffset() is None:
+        raise PydanticCustomError(
+            "datetime_naive",
+            "has no UTC offset: add one, e.g. {example}",
+            {"example": _EXAMPLE_TIME},
+        )
+    return parsed
+
+
+def _version(value: Any) -> int:
+    # Literal[1] would accept True and 1.0 (they compare equal to 1), even in strict mode.
+    if type(value) is not int or value != 1:
+        raise PydanticCustomError("version", "must be 1")
+    return 1
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_check_id)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Email = Annotated[str, AfterValidator(_check_email)]
+AwareDatetime = Annotated[
+    datetime,
+    PlainValidator(_aware_datetime),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+Kind = Literal["nebula_pass", "sophon_fog", "sophon_sight", "siteserver"]
+PersonTypeName = Literal["staff", "visitor", "blacklist", "vip"]
+TargetName = Annotated[str, StringConstraints(pattern=TARGET_NAME_PATTERN)]
+
+
+class Person(BaseModel):
+    """One person. Quote every value that looks like a number: ids, pins, phones, cards."""
+
+    model_config = _config()
+
+    id: Id
+    """The stable key on every target (user_id / identity_id / thirdId / userName)."""
+    name: Name
+    type: PersonTypeName = "staff"
+    job_number: str = ""
+    email: Email = ""
+    phone: str = ""
+    department: str = ""
+    """The id of a department declared under departments (checked when any are declared)."""
+    groups: list[str] = Field(default_factory=list)
+    card: str = ""
+    """IC card number."""
+    id_number: str = ""
+    """Sensitive: never printed in plans or logs."""
+    pin: str = ""
+    """Sensitive: never printed in plans or logs."""
+    admin: bool = False
+    remark: str = ""
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+    photo: Annotated[str, StringConstraints(min_length=1)] | None = None
+    """A JPG or PNG file, relative to the file that names it."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Free-form labels for select."""
+    protected: bool = False
+    """True: never deleted or replaced by reconciler."""
+
+    @field_validator("valid_until")
+    @classmethod
+    def _after_valid_from(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("valid_from")
+        if value is not None and start is not None and value <= start:
+            raise PydanticCustomError("valid_until_order", "must be after valid_from")
+        return value
+
+
+class Department(BaseModel):
+    """A department; synced parents first where a kind has departments."""
+
+    model_config = _config()
+
+    id: Id
+    name: Name
+    parent: str = ""
+    """The id of the parent department; empty for a top-level one."""
+
+
+class Target(BaseModel):
+    """One target: its kind, and settings that the kind's adapter validates."""
+
+    # The only open model: a target's other keys belong to its kind and are checked there.
+    model_config = _config(extra="allow")
+
+    kind: Kind
+    """The vendor API this target speaks."""
+
+
+class Document(BaseModel):
+    """One desired-state file."""
+
+    model_config = _config(title="reconciler desired state")
+
+    version: Annotated[
+        int, PlainValidator(_version), WithJsonSchema({"type": "integer", "const": 1})
+    ]
+    """The format version: 1."""
+    targets: dict[TargetName, Target] = Field(default_factory=dict)
+    """Target name -> settings."""
+    departments: list[Department] = Field(default_factory=list)
+    persons: list[Person] = Field(default_factory=list)
+
+
+def document_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one desired-state file, for editors.
+
+    A target's value is `$defs/Target`: an object with a required `kind` and any other keys, so
+    that per-kind schemas can be merged in without touching the rest.
+    """
+    schema = Document.model_json_schema()
+    # pydantic renders constrained dict keys as patternProperties, which lets any other name
+    # through; propertyNames makes editors flag a bad target name.
+    targets = schema["properties"]["targets"]
+    targets.pop("patternProperties", None)
+    targets["propertyNames"] = {"pattern": TARGET_NAME_PATTERN}
+    targets["additionalProperties"] = {"$ref": f"#/$defs/{TARGET_DEF}"}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -1,0 +1,873 @@
+"""Loads the desired state from one YAML file, or a directory of them merged in name order.
+
+I/O: reads the files and the photos they name. Every problem is reported at once, as a
+DesiredError whose problems name file:line:column and the person id; never a partial result.
+Node positions are computed (by re-composing a file) only when there is a problem to place.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import difflib
+import gc
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.core.persons import (
+    SENSITIVE_FIELDS,
+    Department,
+    Desired,
+    Origin,
+    Person,
+    PersonType,
+    Photo,
+)
+from reconciler.core.records import Hasher, desired_digest
+from reconciler.errors import DesiredError, Problem
+from reconciler.sources import document as doc
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawTarget:
+    """A target as declared: its kind, and settings its kind's adapter validates."""
+
+    name: str
+    kind: str
+    #: The target's keys except kind, with ${NAME} already replaced from the environment.
+    settings: Mapping[str, Any]
+    #: The file that declares it, as the user wrote the path.
+    source: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Loaded:
+    """A valid desired state, the targets declared beside it, and the files it came from."""
+
+    desired: Desired
+    targets: Mapping[str, RawTarget]
+    files: tuple[str, ...]
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_STR_TAG = "tag:yaml.org,2002:str"
+_VALUE_TAG = "tag:yaml.org,2002:value"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_DATE_LENGTH = len("2026-11-01")
+_RESOLVE_CACHE = 4096
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# $${ is a literal ${; ${ not followed by NAME} is malformed (group 1 is then None).
+_REFERENCE = re.compile(r"\$\$\{|\$\{(?:([A-Za-z_][A-Za-z0-9_]*)\})?")
+_SECTIONS = ("persons", "departments", "targets")
+_KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "": (*doc.Document.model_fields, "persons_from"),
+    "persons": tuple(doc.Person.model_fields),
+    "departments": tuple(doc.Department.model_fields),
+}
+_YAML11_BOOLS = frozenset({"yes", "no", "on", "off", "y", "n"})
+_PERSON_TYPES = {t.value: t for t in PersonType}
+
+
+class _Loader(yaml.CSafeLoader):
+    """CSafeLoader with a faster constructor that also reports duplicate keys.
+
+    PyYAML keeps the last of duplicate keys silently. Its constructor drives every mapping
+    through a generator; for plain mappings, sequences and strings (nearly every node of a
+    desired state) a direct walk is several times cheaper. Other nodes (numbers, !!set, ...)
+    are still built by SafeConstructor. Only true/false are booleans: YAML 1.1
+    also reads yes/no/on/off, which would turn `admin: yes` into true silently.
+    """
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        #: (key, mark of the first occurrence, mark of the later one), per duplicate.
+        self.duplicates: list[tuple[Hashable, yaml.Mark, yaml.Mark]] = []
+        #: id() of every constructed dict -> the 1-based line where its mapping starts.
+        self.mapping_lines: dict[int, int] = {}
+        #: Target name -> the 1-based line of its key.
+        self.target_lines: dict[str, int] = {}
+        # Collections already built, for aliases (and recursive ones).
+        self._built: dict[Node, Any] = {}
+        # Plain scalars repeat (every key, most values): skip their regular expressions.
+        self._plain_tags: dict[str, str] = {}
+
+    def resolve(self, kind: type[Node], value: Any, implicit: tuple[bool, bool]) -> Any:
+        # Without path resolvers (SafeLoader has none) a plain scalar's tag depends on its text.
+        plain = kind is ScalarNode and implicit[0]
+        if plain and (tag := self._plain_tags.get(value)) is not None:
+            return tag
+        tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+        if plain and len(self._plain_tags) < _RESOLVE_CACHE:
+            self._plain_tags[value] = tag
+        return tag
+
+    def construct_document(self, node: Node) -> Any:
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == "targets" and isinstance(value_node, MappingNode):
+                    self.target_lines = {
+                        str(name.value): name.start_mark.line + 1 for name, _ in value_node.value
+                    }
+        try:
+            return self._build(node)
+        finally:
+            self._built = {}
+            self.constructed_objects = {}
+            self.recursive_objects = {}
+
+    def _build(self, node: Node) -> Any:
+        if isinstance(node, ScalarNode):
+            if node.tag in (_STR_TAG, _VALUE_TAG):
+                return node.value
+            # Date and time with ISO 8601 syntax (valid_from): 30 times cheaper than PyYAML's
+            # regular expression; its other spellings ("2001-12-14 21:59:43 -5") still go there.
+            if node.tag == _TIMESTAMP_TAG and len(node.value) > _DATE_LENGTH:
+                with contextlib.suppress(ValueError):
+                    return datetime.fromisoformat(node.value)
+            return self.construct_object(node, deep=True)
+        if node in self._built:
+            return self._built[node]
+        if isinstance(node, MappingNode) and node.tag == _MAP_TAG:
+            data: dict[Hashable, Any] = {}
+            self._built[node] = data
+            self.mapping_lines[id(data)] = node.start_mark.line + 1
+            merges: list[Node] = []
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    merges.append(value_node)
+                    continue
+                key = self._build(key_node)
+                try:
+                    present = key in data
+                except TypeError:
+                    raise ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        "found unhashable key",
+                        key_node.start_mark,
+                    ) from None
+                if present:
+                    self._record_duplicate(node, key, key_node)
+                data[key] = self._build(value_node)
+            for merged in merges:
+                self._merge(node, data, merged)
+            return data
+        if isinstance(node, SequenceNode) and node.tag == _SEQ_TAG:
+            items: list[Any] = []
+            self._built[node] = items
+            for item in node.value:
+                items.append(self._build(item))
+            return items
+        return self.construct_object(node, deep=True)
+
+    def _record_duplicate(self, node: MappingNode, key: Hashable, later: Node) -> None:
+        for key_node, _ in node.value:
+            if key_node.tag != _MERGE_TAG and self._build(key_node) == key:
+                self.duplicates.append((key, key_node.start_mark, later.start_mark))
+                return
+
+    def _merge(self, node: MappingNode, data: dict[Hashable, Any], merged: Node) -> None:
+        # <<: keys written in the mapping win; among merged mappings, the first one wins.
+        sources = merged.value if isinstance(merged, SequenceNode) else [merged]
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                raise ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    "expected a mapping or a list of mappings for merging",
+                    source.start_mark,
+                )
+            for key, value in self._build(source).items():
+                data.setdefault(key, value)
+
+
+# PyYAML's per-class registry of implicit tags: a copy, so that CSafeLoader keeps YAML 1.1.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.CSafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Parsing allocates millions of objects that all survive: the collector would only rescan
+    # them, again and again, as the tree grows. Re-entrant: only the outermost pause resumes.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _walk(root: Node | None, path: KeyPath, *, key: bool) -> tuple[Node | None, bool]:
+    """The node at path (the key node of the last step if key), or the deepest one found."""
+    node = root
+    if node is None:
+        return None, False
+    for depth, part in enumerate(path):
+        if isinstance(node, MappingNode):
+            pair = _pair(node, str(part))
+            if pair is None:
+                return node, False
+            node = pair[0] if key and depth == len(path) - 1 else pair[1]
+        elif (
+            isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            return node, False
+    return node, True
+
+
+def _pair(node: MappingNode, name: str) -> tuple[Node, Node] | None:
+    merged: list[Node] = []
+    # The last duplicate is the one the constructed value came from.
+    for key_node, value_node in reversed(node.value):
+        if not isinstance(key_node, ScalarNode):
+            continue
+        if key_node.tag == _MERGE_TAG:
+            merged.append(value_node)
+        elif key_node.value == name:
+            return key_node, value_node
+    for source in reversed(merged):
+        for mapping in source.value if isinstance(source, SequenceNode) else [source]:
+            if isinstance(mapping, MappingNode) and (pair := _pair(mapping, name)) is not None:
+                return pair
+    return None
+
+
+def _compose(data: bytes) -> Node | None:
+    try:
+        with _gc_paused():
+            return yaml.compose(data, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError:
+        return None
+
+
+def locate(
+    source: str, key_path: tuple[str | int, ...], *, key: bool = False
+) -> tuple[int, int] | None:
+    """1-based (line, column) of the node at key_path in the file source, or None.
+
+    key_path starts at the document root, e.g. ("targets", "lobby", "url"); with key=True the
+    position is that of the last key itself (for unknown keys) rather than of its value.
+    """
+    try:
+        data = Path(source).read_bytes()
+    except OSError:
+        return None
+    node, exact = _walk(_compose(data), key_path, key=key)
+    if node is None or not exact:
+        return None
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+@dataclass(slots=True)
+class _File:
+    """One parsed file, and its node tree once a problem has needed it."""
+
+    index: int
+    source: str
+    data: bytes
+    mapping_lines: dict[int, int]
+    target_lines: dict[str, int]
+    #: The top-level mapping, with ${NAME} replaced under targets.
+    raw: dict[Hashable, Any]
+    document: doc.Document | None = None
+    _root: Node | None = None
+    _composed: bool = False
+
+    def node(self, path: KeyPath, *, key: bool = False) -> tuple[Node | None, bool]:
+        if not self._composed:
+            self._root = _compose(self.data)
+            self._composed = True
+        return _walk(self._root, path, key=key)
+
+    def scalar(self, path: KeyPath) -> str | None:
+        node, exact = self.node(path)
+        return node.value if exact and isinstance(node, ScalarNode) else None
+
+    def entries(self, section: str) -> list[Any]:
+        value = self.raw.get(section)
+        return value if isinstance(value, list) else []
+
+    def line_of(self, entry: object) -> int | None:
+        return self.mapping_lines.get(id(entry))
+
+    def person_at(self, line: int) -> str | None:
+        """The id of the person whose entry spans the 0-based line, if any."""
+        if not self.entries("persons"):
+            return None
+        persons, exact = self.node(("persons",))
+        if not exact or not isinstance(persons, SequenceNode):
+            return None
+        starts = [item.start_mark.line for item in persons.value]
+        index = bisect.bisect_right(starts, line) - 1
+        if index < 0 or line > persons.value[index].end_mark.line:
+            return None
+        return _person_id(self, index)
+
+
+@dataclass(slots=True)
+class _Report:
+    """Problems found so far, each with the index of its file for ordering."""
+
+    items: list[tuple[int, Problem]] = field(default_factory=list)
+
+    def at(
+        self,
+        index: int,
+        source: str,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        person_id: str | None = None,
+    ) -> None:
+        problem = Problem(
+            source=source, message=message, line=line, column=column, person_id=person_id
+        )
+        self.items.append((index, problem))
+
+    def node(
+        self,
+        file: _File,
+        path: KeyPath,
+        message: str,
+        *,
+        key: bool = False,
+        person_id: str | None = None,
+    ) -> None:
+        node, _ = file.node(path, key=key)
+        line = column = None
+        if node is not None:
+            line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        self.at(file.index, file.source, message, line=line, column=column, person_id=person_id)
+
+    def problems(self) -> list[Problem]:
+        ordered = sorted(
+            self.items, key=lambda item: (item[0], item[1].line or 0, item[1].column or 0)
+        )
+        return [problem for _, problem in ordered]
+
+
+def load(path: Path, *, env: Mapping[str, str], hasher: Hasher) -> Loaded:
+    """Load, validate and cross-check the desired state at path (a file or a directory).
+
+    Raises DesiredError with every problem found.
+    """
+    sources = _sources(path)
+    report = _Report()
+    # Everything built here survives until the end: collections would find nothing to free.
+    with _gc_paused():
+        files = [
+            file
+            for index, source in enumerate(sources)
+            if (file := _read(index, source, env, report)) is not None
+        ]
+        photos = _check_persons(files, report)
+        _check_departments(files, report)
+        targets = _check_targets(files, report)
+        if report.items:
+            raise DesiredError(report.problems())
+        persons = _persons(files, photos)
+    departments = _parents_first(
+        [
+            Department(id=entry.id, name=entry.name, parent=entry.parent)
+            for file in files
+            if file.document is not None
+            for entry in file.document.departments
+        ]
+    )
+    desired = Desired(
+        persons=persons,
+        departments=departments,
+        digest=desired_digest(persons, departments, hasher),
+    )
+    return Loaded(desired=desired, targets=targets, files=tuple(sources))
+
+
+def _sources(path: Path) -> list[str]:
+    if not path.is_dir():
+        return [str(path)]
+    # Dot-files are editor leftovers (.#desired.yaml), not part of the desired state.
+    names = sorted(
+        entry.name
+        for entry in os.scandir(path)
+        if entry.name.endswith((".yaml", ".yml"))
+        and not entry.name.startswith(".")
+        and entry.is_file()
+    )
+    if not names:
+        message = "the directory has no *.yaml or *.yml files"
+        raise DesiredError([Problem(source=str(path), message=message)])
+    return [str(path / name) for name in names]
+
+
+def _read(index: int, source: str, env: Mapping[str, str], report: _Report) -> _File | None:
+    try:
+        data = Path(source).read_bytes()
+    except OSError as exc:
+        report.at(index, source, f"cannot be read: {exc.strerror or exc}")
+        return None
+    loader = _Loader(data)
+    try:
+        content = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = f"invalid YAML: {exc.problem or exc.context}"
+        if exc.context and exc.problem and exc.context_mark is not None:
+            message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        line = column = None
+        if mark is not None:
+            line, column = mark.line + 1, mark.column + 1
+        report.at(index, source, message, line=line, column=column)
+        return None
+    except yaml.reader.ReaderError as exc:
+        line = data.count(b"\n", 0, exc.position) + 1
+        column = exc.position - (data.rfind(b"\n", 0, exc.position) + 1) + 1
+        report.at(index, source, f"not UTF-8 text: {exc.reason}", line=line, column=column)
+        return None
+    except yaml.YAMLError as exc:
+        report.at(index, source, f"invalid YAML: {exc}")
+        return None
+    except RecursionError:
+        report.at(index, source, "invalid YAML: nested too deeply")
+        return None
+    finally:
+        loader.dispose()
+    file = _File(
+        index=index,
+        source=source,
+        data=data,
+        mapping_lines=loader.mapping_lines,
+        target_lines=loader.target_lines,
+        raw=dict(content) if isinstance(content, dict) else {},
+    )
+    for key, first, later in loader.duplicates:
+        report.at(
+            index,
+            source,
+            f"duplicate key '{key}' (first at line {first.line + 1}): YAML would keep the last",
+            line=later.line + 1,
+            column=later.column + 1,
+            person_id=file.person_at(later.line),
+        )
+    if not isinstance(content, dict):
+        problem = "the file is empty" if content is None else "the file is not a mapping"
+        message = f"{problem}: it must be a mapping with at least version: 1"
+        report.at(index, source, message, line=1, column=1)
+        return None
+    if "persons_from" in file.raw:
+        del file.raw["persons_from"]
+        report.node(
+            file,
+            ("persons_from",),
+            "persons_from is not available yet: reading persons from a database is not "
+            "supported in this version; declare persons under persons:",
+            key=True,
+        )
+    targets = file.raw.get("targets")
+    if isinstance(targets, dict):
+        issues: list[tuple[KeyPath, str]] = []
+        file.raw["targets"] = _interpolate(targets, ("targets",), env, issues)
+        for path, message in issues:
+            report.node(file, path, message)
+    try:
+        file.document = doc.Document.model_validate(file.raw)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            _report_error(file, error, report)
+    return file
+
+
+def _interpolate(
+    value: Any, path: KeyPath, env: Mapping[str, str], issues: list[tuple[KeyPath, str]]
+) -> Any:
+    """value with ${NAME} replaced in every string at any depth; a copy, never in place
+    (an alias may share the object with persons, which are never interpolated)."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name = match.group(1)
+            if name is None:
+                issues.append(
+                    (
+                        path,
+                        "malformed ${: write ${NAME} (letters, digits, _) or $${ for a literal ${",
+                    )
+                )
+                return ""
+            found = env.get(name)
+            if found is None:
+                issues.append((path, f"environment variable {name} is not set"))
+                return ""
+            return found
+
+        return _REFERENCE.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*path, str(k)), env, issues) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*path, i), env, issues) for i, v in enumerate(value)]
+    return value
+
+
+def _report_error(file: _File, error: ErrorDetails, report: _Report) -> None:
+    """One pydantic error as a Problem, placed at the node its loc names."""
+    loc: KeyPath = tuple(error["loc"])
+    kind = error["type"]
+    section = loc[0] if len(loc) >= 2 and loc[0] in _SECTIONS else ""
+    rel = loc[2:] if section else loc
+    person_id = _person_id(file, loc[1]) if section == "persons" else None
+    prefix = ""
+    if section == "targets":
+        prefix = f"target {loc[1]}: "
+    elif section == "departments":
+        entry = file.entries("departments")[int(loc[1])]
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            prefix = f"department {entry['id']}: "
+    # Target values may hold interpolated secrets; pins and id numbers are sensitive.
+    echo = section != "targets" and not (rel and rel[0] in SENSITIVE_FIELDS)
+
+    if rel and rel[-1] == "[key]":
+        _report_key_error(file, loc[:-1], section, kind, report, person_id)
+        return
+    label = _label(rel, section)
+    position, key = loc, False
+    if kind == "missing":
+        message = f"missing required key '{rel[-1]}'"
+        position = loc[:-1]
+    elif kind == "extra_forbidden":
+        message = _unknown_key(str(rel[-1]), _KNOWN_KEYS.get(section, ()))
+        key = True
+    elif kind == "invalid_key":
+        message = f'keys must be strings: write "{rel[-1]}" in quotes'
+        key = True
+    elif kind == "string_type":
+        raw = file.scalar(loc) if echo else None
+        message = _not_a_string(label, error["input"], raw)
+    elif kind == "bool_type":
+        message = f"{label} must be true or false"
+        value = error["input"]
+        if isinstance(value, str) and value.lower() in _YAML11_BOOLS:
+            message += f" ({value} is a string here)"
+    elif kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"{label} must be {expected}"
+        if echo and isinstance(error["input"], str):
+            message += f", not '{error['input']}'"
+    elif kind == "string_too_short":
+        message = f"{label} must not be empty"
+    elif kind == "string_too_long":
+        maximum = error.get("ctx", {}).get("max_length")
+        message = f"{label} must be at most {maximum} characters"
+    elif kind == "list_type":
+        message = f"{label} must be a list"
+    elif kind in {"dict_type", "model_type", "model_attributes_type"}:
+        message = f"{label} must be a mapping"
+    elif kind in doc.OWN_ERROR_TYPES:
+        message = f"{label} {error['msg']}"
+    else:
+        message = f"{label}: {error['msg']}"
+    report.node(file, position, prefix + message, key=key, person_id=person_id)
+
+
+def _report_key_error(
+    file: _File,
+    path: KeyPath,
+    section: str,
+    kind: str,
+    report: _Report,
+    person_id: str | None,
+) -> None:
+    name = path[-1]
+    if section == "targets" and len(path) == 2:
+        if kind == "string_pattern_mismatch":
+            message = (
+                f"target name '{name}' must match {doc.TARGET_NAME_PATTERN[1:-1]} "
+                "(lowercase letters, digits, _ and -, starting with a letter or digit)"
+            )
+        else:
+            message = f'target name {name} must be a string: write "{name}" in quotes'
+    else:
+        owner = path[2:-1] if section else path[:-1]
+        message = (
+            f"keys of {_label(owner, section)} must be strings" if owner else "keys must be strings"
+        )
+    report.node(file, path, message, key=True, person_id=person_id)
+
+
+def _person_id(file: _File, index: str | int) -> str | None:
+    entry = file.entries("persons")[int(index)]
+    if not isinstance(entry, dict):
+        return None
+    value = entry.get("id")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return file.scalar(("persons", int(index), "id")) or str(value)
+    return None
+
+
+def _label(rel: KeyPath, section: str) -> str:
+    if not rel:
+        return {"persons": "each person", "departments": "each department"}.get(
+            section, "its settings"
+        )
+    text = ""
+    for part in rel:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def _unknown_key(name: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"unknown key '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
+def _not_a_string(label: str, value: object, raw: str | None) -> str:
+    if value is None:
+        return f'{label} must be a string, not empty: write "" or leave the key out'
+    if isinstance(value, list):
+        return f"{label} must be a string, not a list"
+    if isinstance(value, dict):
+        return f"{label} must be a string, not a mapping"
+    if raw is not None:
+        return f'{label} must be a string: write "{raw}" in quotes'
+    return f"{label} must be a string: write the value in quotes"
+
+
+def _check_persons(files: list[_File], report: _Report) -> dict[tuple[int, int], Photo]:
+    """Duplicate ids and photos, from the raw entries so that they are found even when some
+    other person of the file fails validation. Returns the photos by (file, entry)."""
+    first: dict[str, tuple[_File, object]] = {}
+    photos: dict[tuple[int, int], Photo] = {}
+    read: dict[Path, Photo | str] = {}
+    for file in files:
+        base = Path(file.source).parent
+        for index, entry in enumerate(file.entries("persons")):
+            if not isinstance(entry, dict):
+                continue
+            raw_id = entry.get("id")
+            person_id = raw_id if isinstance(raw_id, str) else _person_id(file, index)
+            if isinstance(raw_id, str):
+                if raw_id in first:
+                    where, other = first[raw_id]
+                    message = f"duplicate id {raw_id} (first declared at {_at(where, other)})"
+                    report.node(file, ("persons", index, "id"), message, person_id=raw_id)
+                else:
+                    first[raw_id] = (file, entry)
+            photo = entry.get("photo")
+            if isinstance(photo, str) and photo:
+                path = Path(os.path.abspath(base / photo))
+                if path not in read:
+                    read[path] = _read_photo(path)
+                outcome = read[path]
+                if isinstance(outcome, Photo):
+                    photos[file.index, index] = outcome
+                else:
+                    at = ("persons", index, "photo")
+                    report.node(file, at, f"photo {photo} {outcome}", person_id=person_id)
+    return photos
+
+
+def _at(file: _File, entry: object) -> str:
+    line = file.line_of(entry)
+    return file.source if line is None else f"{file.source}:{line}"
+
+
+def _read_photo(path: Path) -> Photo | str:
+    """The photo at path, or why it cannot be one (the rest of a sentence)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return f"is not a regular file ({path})"
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"does not exist ({path})"
+    except OSError as exc:
+        return f"cannot be read ({path}): {exc.strerror or exc}"
+    if data.startswith(_JPEG_MAGIC):
+        media_type = "image/jpeg"
+    elif data.startswith(_PNG_MAGIC):
+        media_type = "image/png"
+    else:
+        return f"is not a JPG or PNG image ({path})"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return Photo(path=str(path), digest=digest, media_type=media_type, size=len(data))
+
+
+@dataclass(frozen=True, slots=True)
+class _Declared:
+    file: _File
+    index: int
+    entry: dict[Hashable, Any]
+
+
+def _check_departments(files: list[_File], report: _Report) -> None:
+    """Duplicate ids, unknown parents, cycles, and persons' departments, from raw entries."""
+    declared: dict[str, _Declared] = {}
+    for file in files:
+        for index, entry in enumerate(file.entries("departments")):
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                continue
+            department_id = entry["id"]
+            if department_id in declared:
+                other = declared[department_id]
+                message = (
+                    f"duplicate department id {department_id} "
+                    f"(first declared at {_at(other.file, other.entry)})"
+                )
+                report.node(file, ("departments", index, "id"), message)
+            else:
+                declared[department_id] = _Declared(file, index, entry)
+    if not declared:
+        return
+    for department_id, found in declared.items():
+        parent = found.entry.get("parent")
+        if isinstance(parent, str) and parent and parent not in declared:
+            message = f"department {department_id}: parent '{parent}' is not a declared department"
+            report.node(found.file, ("departments", found.index, "parent"), message)
+    _check_cycles(declared, report)
+    for file in files:
+        for index, entry in enumerate(file.entries("persons")):
+            if not isinstance(entry, dict):
+                continue
+            department = entry.get("department")
+            if isinstance(department, str) and department and department not in declared:
+                report.node(
+                    file,
+                    ("persons", index, "department"),
+                    f"department '{department}' is not declared under departments",
+                    person_id=_person_id(file, index),
+                )
+
+
+def _check_cycles(declared: dict[str, _Declared], report: _Report) -> None:
+    order = {department_id: rank for rank, department_id in enumerate(declared)}
+    done: set[str] = set()
+    for start in declared:
+        chain: list[str] = []
+        current = start
+        while current in declared and current not in done and current not in chain:
+            chain.append(current)
+            parent = declared[current].entry.get("parent")
+            current = parent if isinstance(parent, str) else ""
+        if current in chain:
+            cycle = chain[chain.index(current) :]
+            head = min(cycle, key=order.__getitem__)
+            turn = cycle.index(head)
+            names = [*cycle[turn:], *cycle[:turn], head]
+            found = declared[head]
+            message = f"department cycle: {' -> '.join(names)}"
+            report.node(found.file, ("departments", found.index, "parent"), message)
+        done.update(chain)
+
+
+def _check_targets(files: list[_File], report: _Report) -> dict[str, RawTarget]:
+    """Target names across files, and the RawTargets of the valid files."""
+    first: dict[str, _File] = {}
+    targets: dict[str, RawTarget] = {}
+    for file in files:
+        raw = file.raw.get("targets")
+        if not isinstance(raw, dict):
+            continue
+        for name, settings in raw.items():
+            name = str(name)
+            if name in first:
+                other = first[name]
+                line = other.target_lines.get(name)
+                where = other.source if line is None else f"{other.source}:{line}"
+                message = f"duplicate target name {name} (first declared at {where})"
+                report.node(file, ("targets", name), message, key=True)
+                continue
+            first[name] = file
+            if file.document is None or not isinstance(settings, dict):
+                continue
+            targets[name] = RawTarget(
+                name=name,
+                kind=file.document.targets[name].kind,
+                settings={k: v for k, v in settings.items() if k != "kind"},
+                source=file.source,
+                line=file.target_lines.get(name, 1),
+            )
+    return targets
+
+
+def _persons(files: list[_File], photos: dict[tuple[int, int], Photo]) -> dict[str, Person]:
+    persons: dict[str, Person] = {}
+    for file in files:
+        assert file.document is not None
+        for index, (entry, raw) in enumerate(
+            zip(file.document.persons, file.entries("persons"), strict=True)
+        ):
+            persons[entry.id] = Person(
+                id=entry.id,
+                name=entry.name,
+                type=_PERSON_TYPES[entry.type],
+                job_number=entry.job_number,
+                email=entry.email,
+                phone=entry.phone,
+                department=entry.department,
+                groups=tuple(entry.groups),
+                card=entry.card,
+                id_number=entry.id_number,
+                pin=entry.pin,
+                admin=entry.admin,
+                remark=entry.remark,
+                valid_from=entry.valid_from,
+                valid_until=entry.valid_until,
+                photo=photos.get((file.index, index)),
+                labels=entry.labels,
+                protected=entry.protected,
+                origin=Origin(source=file.source, line=file.line_of(raw)),
+            )
+    return dict(sorted(persons.items()))
+
+
+def _parents_first(departments: list[Department]) -> tuple[Department, ...]:
+    """Departments with every parent before its children, otherwise in declaration order."""
+    by_id = {department.id: department for department in departments}
+    placed: set[str] = set()
+    ordered: list[Department] = []
+    for department in departments:
+        chain: list[Department] = []
+        current: Department | None = department
+        while current is not None and current.id not in placed:
+            chain.append(current)
+            current = by_id.get(current.parent) if current.parent else None
+        for item in reversed(chain):
+            placed.add(item.id)
+            ordered.append(item)
+    return tuple(ordered)

@@ -1,0 +1,78 @@
+"""Target settings are validated by their kind, with errors placed in the desired-state file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler import app
+from reconciler.errors import DesiredError
+
+HEADER = "version: 1\ntargets:\n  lobby:\n    kind: {kind}\n"
+GOOD = "    url: https://10.0.0.21:8000\n    username: admin\n    password: ${PW}\n"
+
+
+def problems(tmp_path: Path, body: str, kind: str = "nebula_pass") -> list[str]:
+    path = tmp_path / "desired.yaml"
+    path.write_text(HEADER.format(kind=kind) + body + "persons: []\n", encoding="utf-8")
+    with pytest.raises(DesiredError) as caught:
+        app.validate(path, env={"PW": "pw-value-9931"})
+    texts = [str(p).replace(str(path), "desired.yaml") for p in caught.value.problems]
+    for text in texts:
+        assert "pw-value-9931" not in text
+    return texts
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            GOOD + "    usrname: x\n",
+            "desired.yaml:8:5: target lobby: unknown key 'usrname' for kind "
+            "nebula_pass (did you mean 'username'?)",
+        ),
+        (
+            GOOD.replace("https://10.0.0.21:8000", "ftp://x"),
+            "desired.yaml:5:10: target lobby: url: must be an http:// or https:// URL with a host",
+        ),
+        (
+            GOOD.replace("    username: admin\n", ""),
+            "desired.yaml:4:5: target lobby: username is required for kind nebula_pass",
+        ),
+        (
+            GOOD + "    max_deletes: lots\n",
+            "desired.yaml:8:18: target lobby: max_deletes: max_deletes must be a count like 10 "
+            "or a percentage like 10%, not 'lots'",
+        ),
+        (
+            GOOD + "    batch_size: 500\n",
+            "desired.yaml:8:17: target lobby: batch_size: "
+            "Input should be less than or equal to 100",
+        ),
+        (
+            GOOD + "    prune: everything\n",
+            "desired.yaml:8:12: target lobby: prune: Input should be 'managed' or 'none'",
+        ),
+    ],
+)
+def test_target_settings_errors(tmp_path: Path, body: str, expected: str) -> None:
+    assert problems(tmp_path, body) == [expected]
+
+
+def test_a_kind_not_available_yet_says_so(tmp_path: Path) -> None:
+    (text,) = problems(tmp_path, "    url: http://10.0.0.30:5555\n", kind="sophon_fog")
+    assert "kind sophon_fog is not available in this version (available: nebula_pass)" in text
+
+
+def test_the_example_file_is_valid() -> None:
+    root = Path(__file__).resolve().parents[1]
+    validated = app.validate(
+        root / "desired.example.yaml", env={"LOBBY_PASSWORD": "a", "KIOSK_PASSWORD": "b"}
+    )
+    assert set(validated.targets) == {"lobby-terminal", "visitor-kiosk"}
+    assert len(validated.loaded.desired.persons) == 5
+    assert all(
+        p.photo is None or Path(p.photo.path).is_file()
+        for p in validated.loaded.desired.persons.values()
+    )

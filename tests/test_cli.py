@@ -1,0 +1,302 @@
+"""The command line end to end: `python -m reconciler` as a subprocess, against a simulator
+served by the test on loopback. Checks exit codes, output, and that no secret leaks anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from tests.conftest import JPEG
+
+PASSWORD = "s3cret-lobby-pw"
+SENSITIVE = ("110101199001011234", "7391")  # an id_number and a pin of the fixture
+#: Generous: a subprocess start with imports takes about a second; this only bounds a hang.
+TIMEOUT = 60
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+class Site:
+    """A working directory with a desired.yaml, a state dir, and the reconciler command."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.url = url
+        (root / "photos").mkdir()
+        (root / "photos" / "1001.jpg").write_bytes(JPEG + b"1001")
+        (root / "photos" / "1001b.jpg").write_bytes(JPEG + b"1001b")
+
+    def write(self, persons: str, *, extra_target: str = "", max_deletes: str = "10%") -> None:
+        (self.root / "desired.yaml").write_text(
+            f"""version: 1
+targets:
+  lobby:
+    kind: nebula_pass
+    url: {self.url}
+    username: admin
+    password: ${{LOBBY_PASSWORD}}
+    max_deletes: "{max_deletes}"
+    rate_limit: null
+{extra_target}
+persons:
+{persons}""",
+            encoding="utf-8",
+        )
+
+    async def run(self, *args: str, stdin: bytes | None = None) -> Run:
+        env = {
+            **os.environ,
+            "LOBBY_PASSWORD": PASSWORD,
+            "RECONCILER_STATE_DIR": str(self.root / "state"),
+            "RECONCILER_LOG_FORMAT": "json",
+        }
+        env.pop("RECONCILER_DESIRED", None)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "reconciler",
+            *args,
+            cwd=self.root,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(stdin), TIMEOUT)
+        assert process.returncode is not None
+        return Run(process.returncode, out.decode(), err.decode())
+
+
+PERSONS = """  - id: "1001"
+    name: 张三
+    id_number: "110101199001011234"
+    pin: "7391"
+    photo: photos/1001.jpg
+  - id: "1002"
+    name: 李四
+    type: visitor
+"""
+
+
+@pytest.fixture
+def site(tmp_path: Path, nebula_url: str) -> Site:
+    return Site(tmp_path, nebula_url)
+
+
+def assert_no_secrets(*texts: str) -> None:
+    for text in texts:
+        for secret in (PASSWORD, *SENSITIVE):
+            assert secret not in text, f"{secret!r} leaked"
+
+
+async def test_validate_and_schema(site: Site) -> None:
+    site.write(PERSONS)
+    run = await site.run("validate")
+    assert run.code == 0, run.err
+    assert "valid: 2 persons" in run.out
+    schema = await site.run("schema")
+    assert schema.code == 0
+    document = orjson.loads(schema.out)
+    assert "Target_nebula_pass" in document["$defs"]
+
+
+async def test_plan_apply_converge_and_detailed_exit_codes(
+    site: Site, nebula: NebulaPassSimulator
+) -> None:
+    site.write(PERSONS)
+    first = await site.run("plan", "--detailed-exitcode")
+    assert first.code == 2, first.err
+    assert "+ 1001" in first.out
+    assert "+ 1002" in first.out
+    assert "Plan: 2 to create" in first.out
+    assert nebula.log.writes() == 0  # plan changes nothing
+
+    applied = await site.run("apply", "--yes")
+    assert applied.code == 0, applied.err
+    assert set(nebula.users) == {"1001", "1002"}
+    events = [
+        orjson.loads(line)["event"] for line in applied.err.splitlines() if line.startswith("{")
+    ]
+    assert events.index("plan.computed") < events.index("change.applied")
+    assert events.count("change.applied") == 2
+
+    converged = await site.run("plan", "--detailed-exitcode")
+    assert converged.code == 0, converged.err
+    assert "No changes." in converged.out
+
+    site.write(PERSONS.replace("李四", "李四四"))
+    edited = await site.run("plan", "--detailed-exitcode")
+    assert edited.code == 2
+    assert "~ 1002" in edited.out
+    assert '"李四" → "李四四"' in edited.out
+    assert_no_secrets(first.out, first.err, applied.out, applied.err, edited.out, edited.err)
+
+
+async def test_a_type_change_shows_as_replace(site: Site) -> None:
+    site.write(PERSONS)
+    assert (await site.run("apply", "--yes")).code == 0
+    site.write(PERSONS.replace("type: visitor", "type: staff"))
+    run = await site.run("plan", "--json")
+    document = orjson.loads(run.out)
+    (change,) = document["targets"]["lobby"]["changes"]
+    assert (change["action"], change["person"], change["reason"]) == (
+        "replace",
+        "1002",
+        "immutable",
+    )
+    assert change["fields"] == {"type": {"from": 2, "to": 1}}
+    text = await site.run("plan")
+    assert "-/+ 1002" in text.out
+
+
+async def test_an_invalid_desired_state_exits_1_with_file_line_and_changes_nothing(
+    site: Site, nebula: NebulaPassSimulator
+) -> None:
+    site.write(PERSONS)
+    assert (await site.run("apply", "--yes")).code == 0
+    users = orjson.dumps(nebula.users)
+    ledger = ledger_rows(site)
+    nebula.log.clear()
+
+    site.write(
+        PERSONS.replace("李四", "李四四") + '  - id: "1003"\n    name: x\n    emial: a@b.c\n'
+    )
+    for command in (["validate"], ["plan"], ["apply", "--yes"]):
+        run = await site.run(*command)
+        assert run.code == 1
+        # line 22: the header takes 11 lines, the persons before 1003 ten more.
+        assert "desired.yaml:22:5: person 1003: unknown key 'emial'" in run.err, run.err
+    assert nebula.log.count() == 0  # no target was even contacted
+    assert orjson.dumps(nebula.users) == users
+    assert ledger_rows(site) == ledger
+
+
+def ledger_rows(site: Site) -> list[tuple[str, ...]]:
+    import sqlite3
+
+    with sqlite3.connect(site.root / "state" / "reconciler.sqlite3") as db:
+        return db.execute(
+            "SELECT target, person_id, fingerprint FROM ledger ORDER BY 1, 2"
+        ).fetchall()
+
+
+async def test_apply_without_a_terminal_needs_yes(site: Site, nebula: NebulaPassSimulator) -> None:
+    site.write(PERSONS)
+    run = await site.run("apply")
+    assert run.code == 64
+    assert "--yes" in run.err
+    assert nebula.log.writes() == 0
+
+
+async def test_a_saved_plan_is_applied_exactly_or_refused_when_stale(
+    site: Site, nebula: NebulaPassSimulator
+) -> None:
+    site.write(PERSONS)
+    saved = await site.run("plan", "--out", "plan.json")
+    assert saved.code == 0
+    document = (site.root / "plan.json").read_text(encoding="utf-8")
+    assert_no_secrets(document)
+
+    nebula.users.clear()  # nothing changed: still fresh
+    applied = await site.run("apply", "plan.json", "--yes")
+    assert applied.code == 0, applied.err
+    assert set(nebula.users) == {"1001", "1002"}
+
+    again = await site.run("plan", "--out", "plan2.json")
+    assert again.code == 0
+    nebula.users["1002"]["name"] = "edited on the device"
+    nebula.log.clear()
+    stale = await site.run("apply", "plan2.json", "--yes")
+    assert stale.code == 1
+    assert "stale" in stale.err
+    assert "target lobby changed" in stale.err
+    assert nebula.log.writes() == 0
+
+
+async def test_mass_deletes_are_held_with_exit_3_until_released(
+    site: Site, nebula: NebulaPassSimulator
+) -> None:
+    persons = "".join(f'  - id: "{n}"\n    name: p{n}\n' for n in range(2000, 2010))
+    site.write(persons, max_deletes="3")
+    assert (await site.run("apply", "--yes")).code == 0
+    site.write('  - id: "2000"\n    name: p2000\n', max_deletes="3")
+    held = await site.run("apply", "--yes")
+    assert held.code == 3, held.err
+    assert "9 deletes exceed max_deletes 3" in held.out
+    assert len(nebula.users) == 10
+    released = await site.run("apply", "--yes", "--allow-mass-delete")
+    assert released.code == 0, released.err
+    assert set(nebula.users) == {"2000"}
+
+
+async def test_an_unreachable_target_exits_1_and_the_others_are_still_applied(
+    site: Site, nebula: NebulaPassSimulator
+) -> None:
+    dead = """  dead:
+    kind: nebula_pass
+    url: http://127.0.0.1:9
+    username: admin
+    password: x
+    timeout: 2
+"""
+    site.write(PERSONS, extra_target=dead)
+    run = await site.run("apply", "--yes")
+    assert run.code == 1
+    assert "dead" in run.out
+    assert "could not be observed" in run.out
+    assert set(nebula.users) == {"1001", "1002"}
+
+
+async def test_secrets_and_sensitive_values_appear_nowhere(
+    site: Site, nebula: NebulaPassSimulator
+) -> None:
+    site.write(PERSONS)
+    outputs = [await site.run("apply", "--yes")]
+    site.write(PERSONS.replace("7391", "8642").replace("photos/1001.jpg", "photos/1001b.jpg"))
+    outputs.append(await site.run("plan", "--json", "--out", "state/plan.json"))
+    outputs.append(await site.run("apply", "--yes"))
+    assert nebula.users["1001"]["pin"] == "8642"
+    texts = [t for run in outputs for t in (run.out, run.err)]
+    texts += [
+        p.read_bytes().decode("latin-1") for p in (site.root / "state").rglob("*") if p.is_file()
+    ]
+    assert_no_secrets(*texts)
+    for text in texts:
+        assert "8642" not in text
+
+
+async def test_usage_errors_exit_64(site: Site) -> None:
+    site.write(PERSONS)
+    assert (await site.run("plan", "--no-such-flag")).code == 64
+    unknown = await site.run("--target", "nope", "plan")
+    assert unknown.code == 64
+    assert "no target named nope" in unknown.err
+
+
+async def test_demo_converges(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "desired.example.yaml").write_bytes((root / "desired.example.yaml").read_bytes())
+    import shutil
+
+    shutil.copytree(root / "deploy" / "demo", tmp_path / "deploy" / "demo")
+    site = Site.__new__(Site)
+    site.root = tmp_path
+    run = await site.run("demo")
+    assert run.code == 0, run.err
+    assert "Plan: 5 to create" in run.out
+    assert run.out.rstrip().count("No changes.") == 1
+    assert "type vip is not supported" in run.out
+    assert "foreign" in run.out

@@ -67,7 +67,11 @@ class SqliteStore:
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         store = cls(path)
-        await store._run(store._connect)
+        try:
+            await store._run(store._connect)
+        except BaseException:
+            await store.aclose()
+            raise
         return store
 
     async def aclose(self) -> None:

@@ -34,24 +34,7 @@ DEMO_USER = "admin"
 def _nebula_pass(user: str, password: str) -> Simulator:
     simulator = NebulaPassSimulator(username=user, password=password)
     # Someone enrolled at the device by hand: the demo shows it is reported, never touched.
-    simulator.users["9001"] = {
-        "user_id": "9001",
-        "name": "前台登记",
-        "type": 2,
-        "avatar": "",
-        "feature": "",
-        "ic_number": "",
-        "id_number": "",
-        "job_number": "",
-        "pin": "",
-        "guest_time_start": 0,
-        "guest_time_end": 0,
-        "groups": [],
-        "is_admin": False,
-        "remark": "enrolled at the device",
-        "create_at": 0,
-        "update_at": 0,
-    }
+    simulator.add_user("9001", name="前台登记", type=2, remark="enrolled at the device")
     return simulator
 
 

@@ -104,6 +104,13 @@ class NebulaPassSimulator(Simulator):
         self.dangerous_calls = 0
         self._tokens: dict[str, float] = {}
 
+    def add_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
+        """Put a user on the device directly, as if enrolled at its own screen (for seeding)."""
+        now = _now_ms()
+        user = _blank(user_id, now) | fields
+        self.users[user_id] = user
+        return user
+
     def routes(self) -> list[Route]:
         authed = self._authed
         return [

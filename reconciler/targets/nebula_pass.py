@@ -37,37 +37,25 @@ MAX_AVATAR_BYTES = 10 * 1024 * 1024
 #: Persons the listing may miss (it shifted while we paged) before we re-read them one by one.
 MAX_SINGLE_READS = 200
 
+FIELDS = (
+    "name",
+    "type",
+    "ic_number",
+    "id_number",
+    "job_number",
+    "pin",
+    "guest_time_start",
+    "guest_time_end",
+    "groups",
+    "is_admin",
+    "remark",
+    "avatar",
+)
 KIND = KindSpec(
     name=NAME,
-    fields=(
-        "name",
-        "type",
-        "ic_number",
-        "id_number",
-        "job_number",
-        "pin",
-        "guest_time_start",
-        "guest_time_end",
-        "groups",
-        "is_admin",
-        "remark",
-        "avatar",
-    ),
-    observable=frozenset(
-        {
-            "name",
-            "type",
-            "ic_number",
-            "id_number",
-            "job_number",
-            "pin",
-            "guest_time_start",
-            "guest_time_end",
-            "groups",
-            "is_admin",
-            "remark",
-        }
-    ),
+    fields=FIELDS,
+    # The listing's avatar is not a reliable copy of what we sent: photos are write-only.
+    observable=frozenset(FIELDS) - {"avatar"},
     immutable=frozenset({"type"}),
     sensitive=frozenset({"id_number", "pin"}),
 )

@@ -88,25 +88,8 @@ class Client:
         return errors
 
 
-def stored(user_id: str, create_at: int) -> dict[str, Any]:
-    return {
-        "user_id": user_id,
-        "name": f"name {user_id}",
-        "type": 1,
-        "avatar": "",
-        "feature": "",
-        "ic_number": "",
-        "id_number": "",
-        "job_number": "",
-        "pin": "",
-        "guest_time_start": 0,
-        "guest_time_end": 0,
-        "groups": [],
-        "is_admin": False,
-        "remark": "",
-        "create_at": create_at,
-        "update_at": create_at,
-    }
+def stored(sim: NebulaPassSimulator, user_id: str, create_at: int) -> None:
+    sim.add_user(user_id, name=f"name {user_id}", create_at=create_at, update_at=create_at)
 
 
 async def test_ping_needs_no_auth_and_no_fault_touches_it(
@@ -197,7 +180,7 @@ async def test_paging_over_250_users_is_complete_and_stable(
 ) -> None:
     # create_at repeats every 50 users, so the order depends on the user_id tie-break too.
     for n in range(250):
-        sim.users[f"u{n:03d}"] = stored(f"u{n:03d}", create_at=1_000 + (n * 7) % 50)
+        stored(sim, f"u{n:03d}", create_at=1_000 + (n * 7) % 50)
     expected = sorted(sim.users, key=lambda user_id: (sim.users[user_id]["create_at"], user_id))
 
     pages = []
@@ -230,7 +213,7 @@ async def test_paging_out_of_range_is_refused(
 async def test_limit_zero_gives_an_empty_page_with_the_total(
     client: Client, sim: NebulaPassSimulator
 ) -> None:
-    sim.users["a"] = stored("a", 1)
+    stored(sim, "a", 1)
     status, body = await client.call("GET", "/v1/user/offset/0/limit/0")
     assert status == 200
     assert body["data"] == {"offset": 0, "limit": 0, "count": 0, "total": 1, "items": []}
@@ -380,8 +363,8 @@ async def test_creates_stop_at_max_users_but_updates_go_on(http: aiohttp.ClientS
 async def test_a_batch_delete_reports_the_ids_it_did_not_find(
     client: Client, sim: NebulaPassSimulator
 ) -> None:
-    sim.users["a"] = stored("a", 1)
-    sim.users["b"] = stored("b", 2)
+    stored(sim, "a", 1)
+    stored(sim, "b", 2)
     status, body = await client.call("DELETE", BATCH, {"ids": ["a", "missing", 5]})
     assert (status, body["code"]) == (200, 200)
     assert body["data"]["errors"] == [
@@ -423,7 +406,7 @@ async def test_the_single_user_endpoints(client: Client, sim: NebulaPassSimulato
 async def test_datasync_clear_wipes_everything_and_is_counted(
     client: Client, sim: NebulaPassSimulator
 ) -> None:
-    sim.users["a"] = stored("a", 1)
+    stored(sim, "a", 1)
     assert sim.dangerous_calls == 0
     assert (await client.call("GET", "/v2/datasync/clear"))[0] == 200
     assert (sim.users, sim.dangerous_calls) == ({}, 1)
@@ -454,7 +437,7 @@ async def test_an_unknown_route_answers_a_404_envelope(
 async def test_bad_input_always_gets_an_error_envelope_never_a_500(
     client: Client, sim: NebulaPassSimulator, body: bytes
 ) -> None:
-    sim.users["x"] = stored("x", 1)
+    stored(sim, "x", 1)
     routes = [
         ("POST", "/v1/auth/login"),
         ("POST", BATCH),

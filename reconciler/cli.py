@@ -183,7 +183,9 @@ def demo(keep: bool) -> int:
     type=click.Choice(sorted(KINDS)),
     help="Only this kind (repeatable) [default: all].",
 )
-@click.option("--port", default=8000, show_default=True, help="First port; one port per kind.")
+@click.option(
+    "--port", default=8000, show_default=True, help="First port, one per kind; 0: any free ports."
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 def simulate(kinds: tuple[str, ...], port: int, host: str) -> int:
     """Serve the bundled vendor simulators until interrupted."""

@@ -151,7 +151,7 @@ async def simulate(kinds: Sequence[str], *, host: str, port: int) -> int:
             if kind not in SIMULATORS:
                 raise ConfigError(f"no simulator for kind {kind}")
             simulator = SIMULATORS[kind](DEMO_USER, "admin123")
-            endpoint = await serve(simulator, host, port + index)
+            endpoint = await serve(simulator, host, port + index if port else 0)
             endpoints.append(endpoint)
             click.echo(f"{kind}: {endpoint.url}  (login {DEMO_USER} / admin123)")
         click.echo("Serving; Ctrl-C stops.")

@@ -300,3 +300,92 @@ async def test_demo_converges(tmp_path: Path) -> None:
     assert run.out.rstrip().count("No changes.") == 1
     assert "type vip is not supported" in run.out
     assert "foreign" in run.out
+
+
+def converse(command: list[str], cwd: Path, env: dict[str, str], answer: bytes) -> tuple[int, str]:
+    """Run a command on a pseudo-terminal, answer its question, return (exit code, screen)."""
+    import pty
+    import select
+    import subprocess
+    import time
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+        command, cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    screen = b""
+    answered = False
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the terminal closed: the process is gone
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            if not answered and b"Apply these changes?" in screen:
+                os.write(leader, answer)
+                answered = True
+            if process.poll() is not None and not ready:
+                break
+        return process.wait(timeout=TIMEOUT), screen.decode(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(leader)
+
+
+@pytest.mark.parametrize(("answer", "code", "created"), [(b"y\n", 0, 2), (b"n\n", 1, 0)])
+async def test_apply_on_a_terminal_asks_first(
+    site: Site, nebula: NebulaPassSimulator, answer: bytes, code: int, created: int
+) -> None:
+    site.write(PERSONS)
+    env = {
+        **os.environ,
+        "LOBBY_PASSWORD": PASSWORD,
+        "RECONCILER_STATE_DIR": str(site.root / "state"),
+    }
+    command = [sys.executable, "-m", "reconciler", "--log-format", "json", "apply"]
+    result, screen = await asyncio.to_thread(converse, command, site.root, env, answer)
+    assert "Apply these changes?" in screen
+    assert result == code, screen
+    assert len(nebula.users) == created
+    if not created:
+        assert "nothing was changed" in screen
+
+
+async def test_simulate_serves_until_terminated(tmp_path: Path) -> None:
+    import signal
+
+    import aiohttp
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "reconciler",
+        "simulate",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), TIMEOUT)).decode()
+        assert line.startswith("nebula_pass: http://127.0.0.1:"), line
+        url = line.split()[1]
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/v2/datasync/ping") as r:
+            assert (await r.json())["code"] == 200
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

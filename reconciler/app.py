@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,34 @@ from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
 from reconciler.targets.base import Target, TargetSettings
 from reconciler.targets.http import Backoff
+
+
+class Environment(Mapping[str, str]):
+    """`${NAME}` values: the process environment, then systemd credentials.
+
+    Under systemd, `LoadCredential=NAME:/path` puts a secret in `$CREDENTIALS_DIRECTORY/NAME`,
+    readable only by the service and never in its environment (which /proc exposes more widely).
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._environ:
+            return self._environ[name]
+        folder = self._environ.get("CREDENTIALS_DIRECTORY")
+        if folder and "/" not in name and name not in ("", ".", ".."):
+            try:
+                return (Path(folder) / name).read_text(encoding="utf-8").rstrip("\n")
+            except OSError:
+                pass
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +73,34 @@ class App:
     targets: dict[str, Target]
     store: SqliteStore
     hasher: Hasher
+    backoff: Backoff | None = None
+    #: The targets selected with --target; None: every target of the desired state.
+    selected: frozenset[str] | None = None
+
+    async def replace_desired(self, desired: Validated) -> None:
+        """Switch to a new (valid) desired state; rebuild only targets whose settings changed,
+        so an edit to persons never costs the terminals a new login."""
+        old = self.desired
+        for name in list(self.targets):
+            same_kind = (
+                name in desired.targets
+                and desired.loaded.targets[name].kind == old.loaded.targets[name].kind
+            )
+            if not same_kind or desired.targets[name] != old.targets[name]:
+                await self.targets.pop(name).aclose()
+        for name in sorted(desired.targets):
+            if name not in self.targets and (self.selected is None or name in self.selected):
+                self.targets[name] = build_target(desired, name, self.backoff)
+        self.desired = desired
+
+    async def aclose_targets(self) -> None:
+        for target in self.targets.values():
+            await target.aclose()
+        self.targets.clear()
+
+
+def build_target(desired: Validated, name: str, backoff: Backoff | None) -> Target:
+    return KINDS[desired.loaded.targets[name].kind].build(name, desired.targets[name], backoff)
 
 
 def validate(
@@ -57,7 +113,7 @@ def validate(
     """Load the desired state and validate every target's settings. No network, no store."""
     # validate needs no stable key: a digest it computes is never compared with anything.
     hasher = hasher or Hasher(os.urandom(32))
-    loaded = yamlfile.load(path, env=os.environ if env is None else env, hasher=hasher)
+    loaded = yamlfile.load(path, env=Environment() if env is None else env, hasher=hasher)
     problems: list[Problem] = []
     settings: dict[str, TargetSettings] = {}
     for name, raw in loaded.targets.items():
@@ -169,11 +225,18 @@ async def open_app(
                 )
             names = [n for n in names if n in targets]
         for name in names:
-            target_config = desired.targets[name]
-            built[name] = KINDS[desired.loaded.targets[name].kind].build(
-                name, target_config, backoff
-            )
-        yield App(settings=settings, desired=desired, targets=built, store=store, hasher=hasher)
+            built[name] = build_target(desired, name, backoff)
+        app = App(
+            settings=settings,
+            desired=desired,
+            targets=built,
+            store=store,
+            hasher=hasher,
+            backoff=backoff,
+            selected=frozenset(targets) if targets else None,
+        )
+        yield app
+        built = app.targets
     finally:
         for target in built.values():
             await target.aclose()

@@ -1,4 +1,4 @@
-"""The command line (DESIGN A2): validate, schema, plan, apply, demo, simulate.
+"""The command line (DESIGN A2): validate, schema, plan, apply, run, demo, simulate.
 
 Renders plans as text (Terraform-like) or as the plan document, asks before applying on a
 terminal, and maps every ReconcilerError to one line on stderr and an exit code. Any other
@@ -26,6 +26,7 @@ from reconciler import cycle, logs
 from reconciler import demo as demo_run
 from reconciler.core import changes
 from reconciler.core.changes import Action, FieldChange, Plan, TargetPlan
+from reconciler.daemon.running import Daemon
 from reconciler.errors import ConfigError, ReconcilerError, StalePlanError, UsageError
 from reconciler.settings import Settings
 from reconciler.sources.document import document_schema
@@ -168,6 +169,29 @@ def apply(
 
 
 @cli.command()
+@click.option(
+    "--dry-run", is_flag=True, help="Shadow mode: plan and log every pass, apply nothing."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1.0),
+    help="Seconds between passes [default: $RECONCILER_INTERVAL or 60].",
+)
+@common
+def run(options: Options, dry_run: bool, interval: float | None) -> int:
+    """The daemon: a pass every interval, on edits, on SIGHUP and on POST /reconcile."""
+    daemon = Daemon(
+        options.settings,
+        desired_path=options.file,
+        dry_run=dry_run,
+        interval=interval or options.settings.interval,
+        targets=options.targets,
+        only=options.only,
+    )
+    return asyncio.run(daemon.run())
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep the simulators running afterwards (Ctrl-C stops).")
 def demo(keep: bool) -> int:
     """Plan and apply desired.example.yaml against bundled simulators on loopback."""
@@ -220,6 +244,9 @@ async def _apply(
             click.echo("Apply cancelled; nothing was changed.", err=True)
             return ExitCode.ERROR
         report = await cycle.apply(app, computed)
+    structlog.get_logger("reconciler").info(
+        "pass.finished", result=report.result, applied=report.applied, failed=report.failed
+    )
     click.echo("")
     for target_report in report.targets:
         line = f"{target_report.target}: {target_report.applied} applied"

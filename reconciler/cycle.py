@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import structlog
 
@@ -28,6 +29,8 @@ log = structlog.get_logger("reconciler.cycle")
 class PassReport:
     plan: Plan
     targets: tuple[TargetReport, ...]
+    #: ok: every planned change applied and every target observed; partial otherwise.
+    result: Literal["ok", "partial"]
 
     @property
     def failed(self) -> int:
@@ -101,24 +104,27 @@ def log_plan(plan: Plan, *, mode: str) -> None:
             )
 
 
-async def apply(app: App, plan: Plan) -> PassReport:
-    """Apply a computed plan to every target at once; record the pass."""
+async def apply(app: App, plan: Plan, *, stop: asyncio.Event | None = None) -> PassReport:
+    """Apply a computed plan to every target at once; record the pass.
+
+    Once `stop` is set nothing new starts; what is in flight finishes and is recorded.
+    """
     async with app.store.writer():
         pass_id = await app.store.begin_pass("apply")
         log_plan(plan, mode="apply")
         reports = await asyncio.gather(
             *(
-                executor.apply(plan.targets[name], app.targets[name], app.store)
+                executor.apply(plan.targets[name], app.targets[name], app.store, stop=stop)
                 for name in sorted(plan.targets)
             )
         )
-        report = PassReport(plan=plan, targets=tuple(reports))
-        result = "ok" if all(r.ok for r in reports) and not plan.has_errors else "partial"
+        complete = all(r.ok and not r.interrupted for r in reports)
+        result: Literal["ok", "partial"] = "ok" if complete and not plan.has_errors else "partial"
+        report = PassReport(plan=plan, targets=tuple(reports), result=result)
         await app.store.finish_pass(
             pass_id,
             result=result,
             plan_fingerprint=plan.fingerprint,
             summary={"planned": plan.summary(), "applied": report.applied, "failed": report.failed},
         )
-    log.info("pass.finished", result=result, applied=report.applied, failed=report.failed)
     return report

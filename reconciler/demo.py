@@ -32,10 +32,13 @@ DEMO_USER = "admin"
 
 
 def _nebula_pass(user: str, password: str) -> Simulator:
-    simulator = NebulaPassSimulator(username=user, password=password)
-    # Someone enrolled at the device by hand: the demo shows it is reported, never touched.
-    simulator.add_user("9001", name="前台登记", type=2, remark="enrolled at the device")
-    return simulator
+    return NebulaPassSimulator(username=user, password=password)
+
+
+def _seed(simulator: Simulator) -> None:
+    """Someone enrolled at a device by hand: the demo shows it is reported, never touched."""
+    if isinstance(simulator, NebulaPassSimulator):
+        simulator.add_user("9001", name="前台登记", type=2, remark="enrolled at the device")
 
 
 SIMULATORS: dict[str, Callable[[str, str], Simulator]] = {"nebula_pass": _nebula_pass}
@@ -135,7 +138,9 @@ async def simulators(
             if factory is None:
                 raise ConfigError(f"target {name}: no simulator for kind {kind}")
             password = secrets.token_urlsafe(12)
-            endpoint = await serve(factory(DEMO_USER, password), host, port + index if port else 0)
+            simulator = factory(DEMO_USER, password)
+            _seed(simulator)
+            endpoint = await serve(simulator, host, port + index if port else 0)
             served[name] = (endpoint, {"username": DEMO_USER, "password": password})
         yield served
     finally:

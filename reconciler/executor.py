@@ -8,6 +8,7 @@ outcome is looked at, so a crash loses at most the batch in flight, which the ne
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,17 +37,26 @@ class TargetReport:
 
     target: str
     applied: int = 0
+    #: Applied changes by action (create, update, replace, delete).
+    applied_by_action: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     #: Why the target was not applied at all (suspended, unobservable).
     skipped: str | None = None
+    #: Changes never started because the process is stopping; the next pass plans them again.
+    interrupted: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.failures and self.skipped is None
 
 
-async def apply(plan: TargetPlan, target: Target, store: SqliteStore) -> TargetReport:
-    """Apply one target's plan; a failing target returns failures, it never raises."""
+async def apply(
+    plan: TargetPlan, target: Target, store: SqliteStore, *, stop: asyncio.Event | None = None
+) -> TargetReport:
+    """Apply one target's plan; a failing target returns failures, it never raises.
+
+    Once `stop` is set, nothing new is started; what is in flight finishes and is recorded.
+    """
     report = TargetReport(target=plan.target)
     if plan.error is not None:
         report.skipped = f"not observed: {plan.error}"
@@ -64,17 +74,24 @@ async def apply(plan: TargetPlan, target: Target, store: SqliteStore) -> TargetR
     deletes = [c for c in plan.changes if c.action is Action.DELETE]
     for phase in (upserts, deletes):
         if phase:
-            await _apply_phase(phase, target, store, report)
+            await _apply_phase(phase, target, store, report, stop)
     return report
 
 
 async def _apply_phase(
-    changes: Sequence[Change], target: Target, store: SqliteStore, report: TargetReport
+    changes: Sequence[Change],
+    target: Target,
+    store: SqliteStore,
+    report: TargetReport,
+    stop: asyncio.Event | None,
 ) -> None:
     name = report.target
+    if stop is not None and stop.is_set():
+        report.interrupted += len(changes)
+        return
     answered: set[str] = set()
     try:
-        async for outcomes in target.apply(changes):
+        async for outcomes in target.apply(changes, stop=stop):
             await _record(name, outcomes, store, report)
             answered.update(o.change.person_id for o in outcomes)
     except TargetError as exc:
@@ -82,6 +99,8 @@ async def _apply_phase(
         for change in changes:
             if change.person_id not in answered:
                 _failed(name, report, change, exc.message)
+        return
+    report.interrupted += sum(1 for c in changes if c.person_id not in answered)
 
 
 async def _record(
@@ -105,6 +124,8 @@ async def _record(
         change = outcome.change
         if outcome.ok:
             report.applied += 1
+            action = change.action.value
+            report.applied_by_action[action] = report.applied_by_action.get(action, 0) + 1
             log.info("change.applied", target=name, **change_document(change))
         else:
             _failed(name, report, change, outcome.error or "failed", retryable=outcome.retryable)

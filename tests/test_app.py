@@ -76,3 +76,16 @@ def test_the_example_file_is_valid() -> None:
         p.photo is None or Path(p.photo.path).is_file()
         for p in validated.loaded.desired.persons.values()
     )
+
+
+def test_secrets_come_from_the_environment_then_systemd_credentials(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "LOBBY_PASSWORD").write_text("from-credential\n")
+    env = app.Environment({"CREDENTIALS_DIRECTORY": str(credentials), "OTHER": "from-env"})
+    assert env.get("LOBBY_PASSWORD") == "from-credential"
+    assert env.get("OTHER") == "from-env"
+    assert env.get("MISSING") is None
+    assert env.get("../etc/passwd") is None
+    both = app.Environment({"CREDENTIALS_DIRECTORY": str(credentials), "LOBBY_PASSWORD": "env"})
+    assert both.get("LOBBY_PASSWORD") == "env"

@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -381,7 +381,7 @@ def load(path: Path, *, env: Mapping[str, str], hasher: Hasher) -> Loaded:
 
     Raises DesiredError with every problem found.
     """
-    sources = _sources(path)
+    sources = desired_files(path)
     report = _Report()
     # Everything built here survives until the end: collections would find nothing to free.
     with _gc_paused():
@@ -412,7 +412,8 @@ def load(path: Path, *, env: Mapping[str, str], hasher: Hasher) -> Loaded:
     return Loaded(desired=desired, targets=targets, files=tuple(sources))
 
 
-def _sources(path: Path) -> list[str]:
+def desired_files(path: Path) -> list[str]:
+    """The files a desired state at `path` is made of, in merge order."""
     if not path.is_dir():
         return [str(path)]
     # Dot-files are editor leftovers (.#desired.yaml), not part of the desired state.
@@ -871,3 +872,28 @@ def _parents_first(departments: list[Department]) -> tuple[Department, ...]:
             placed.add(item.id)
             ordered.append(item)
     return tuple(ordered)
+
+
+def signature(path: Path, photos: Iterable[str] = ()) -> str:
+    """A cheap digest of everything a load depends on: the files' names and bytes, and each
+    photo's size and modification time. Equal signatures mean a reload would change nothing.
+
+    Reads the files (a hash is far cheaper than a parse); raises DesiredError like load().
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name in desired_files(path):
+        digest.update(name.encode() + b"\0")
+        try:
+            digest.update(Path(name).read_bytes())
+        except OSError as exc:
+            raise DesiredError(
+                [Problem(source=name, message=f"cannot read: {exc.strerror}")]
+            ) from exc
+        digest.update(b"\0")
+    for photo in sorted(photos):
+        try:
+            info = os.stat(photo)
+            digest.update(f"{photo}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+        except OSError:
+            digest.update(f"{photo}\0missing\0".encode())
+    return digest.hexdigest()

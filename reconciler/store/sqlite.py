@@ -103,6 +103,14 @@ class SqliteStore:
 
         return await self._with_db(read)
 
+    async def managed(self) -> dict[str, int]:
+        """Ledger entries per target: the persons reconciler owns on each."""
+
+        def read(db: sqlite3.Connection) -> dict[str, int]:
+            return dict(db.execute("SELECT target, COUNT(*) FROM ledger GROUP BY target"))
+
+        return await self._with_db(read)
+
     async def mark_pending(self, target: str, person_ids: Iterable[str]) -> None:
         """Write-ahead: these persons are about to be created; own them before sending."""
         now = time.time()

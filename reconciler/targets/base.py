@@ -107,8 +107,13 @@ class Target(Protocol):
         """Everything the target reports; None for a kind that cannot list."""
         ...
 
-    def apply(self, changes: Sequence[Change]) -> AsyncIterator[list[Outcome]]:
-        """Send the changes; yield the outcomes of each batch as soon as it is confirmed."""
+    def apply(
+        self, changes: Sequence[Change], *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[list[Outcome]]:
+        """Send the changes; yield the outcomes of each batch as soon as it is confirmed.
+
+        Once `stop` is set, no new batch starts; batches in flight finish and are yielded.
+        """
         ...
 
     async def aclose(self) -> None: ...
@@ -120,18 +125,25 @@ def chunks(items: Sequence[_In], size: int) -> Iterable[Sequence[_In]]:
 
 
 async def bounded(
-    items: Iterable[_In], work: Callable[[_In], Awaitable[_Out]], limit: int
+    items: Iterable[_In],
+    work: Callable[[_In], Awaitable[_Out]],
+    limit: int,
+    *,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[_Out]:
     """Run `work` over items with at most `limit` in flight; yield results as they complete.
 
-    Work is started lazily so a long list never builds every request body up front. If one
-    piece of work raises, the rest is cancelled and the error propagates.
+    Work is started lazily so a long list never builds every request body up front. Once `stop`
+    is set nothing new starts, but what is in flight finishes and is yielded (a shutdown must
+    record what the target confirmed). If one piece of work raises, the rest is cancelled.
     """
     pending: set[asyncio.Future[_Out]] = set()
     iterator = iter(items)
     exhausted = False
     try:
         while True:
+            if stop is not None and stop.is_set():
+                exhausted = True
             while not exhausted and len(pending) < limit:
                 try:
                     item = next(iterator)

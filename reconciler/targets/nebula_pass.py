@@ -225,23 +225,26 @@ class NebulaPass:
                 persons[pid] = ObservedPerson(record=record)
         return Observed(persons=dict(sorted(persons.items())))
 
-    async def apply(self, changes: Sequence[Change]) -> AsyncIterator[list[Outcome]]:
+    async def apply(
+        self, changes: Sequence[Change], *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[list[Outcome]]:
         replaces = [c for c in changes if c.action is Action.REPLACE]
         upserts = [c for c in changes if c.action in (Action.CREATE, Action.UPDATE)]
         deletes = [c for c in changes if c.action is Action.DELETE]
 
         # A replace deletes first (type is immutable), then upserts with everything else.
         if replaces:
-            async for outcomes in self._delete(replaces):
+            async for outcomes in self._delete(replaces, stop):
                 cleared = {o.change.person_id for o in outcomes if o.ok}
                 failed = [o for o in outcomes if not o.ok]
                 if failed:
                     yield failed
                 upserts.extend(c for c in replaces if c.person_id in cleared)
         batches = list(self._upsert_batches(upserts))
-        async for outcomes in bounded(batches, self._upsert, self._settings.concurrency):
+        limit = self._settings.concurrency
+        async for outcomes in bounded(batches, self._upsert, limit, stop=stop):
             yield outcomes
-        async for outcomes in self._delete(deletes):
+        async for outcomes in self._delete(deletes, stop):
             yield outcomes
 
     # -- writes -----------------------------------------------------------------------------
@@ -303,14 +306,15 @@ class NebulaPass:
             items.append(item)
         return items
 
-    async def _delete(self, changes: Sequence[Change]) -> AsyncIterator[list[Outcome]]:
+    async def _delete(
+        self, changes: Sequence[Change], stop: asyncio.Event | None
+    ) -> AsyncIterator[list[Outcome]]:
         async def one(batch: Sequence[Change]) -> list[Outcome]:
             body = {"ids": [c.person_id for c in batch]}
             return await self._write("DELETE", "/v2/user", body, batch, missing_ok=True)
 
-        async for outcomes in bounded(
-            list(chunks(changes, PAGE_LIMIT)), one, self._settings.concurrency
-        ):
+        batches = list(chunks(changes, PAGE_LIMIT))
+        async for outcomes in bounded(batches, one, self._settings.concurrency, stop=stop):
             yield outcomes
 
     async def _write(

@@ -1,0 +1,338 @@
+"""`reconciler run`: the daemon's composition and its single worker.
+
+One worker runs passes one at a time (the same pass code as `apply`). Passes are requested by the
+interval schedule, by edits of the desired files, by SIGHUP and by POST /reconcile; requests
+during a pass collapse into one follow-up pass. An invalid edit is refused: the last good desired
+state stays in use, and the error is logged and shown on /readyz and /status. SIGTERM lets the
+batches in flight finish and be recorded, then exits 0. I/O through everything it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from collections import Counter
+from collections.abc import Collection
+from pathlib import Path
+
+import structlog
+
+from reconciler import app as composition
+from reconciler import cycle
+from reconciler.app import App
+from reconciler.core.changes import Plan, Reason, TargetPlan
+from reconciler.daemon import server, watching
+from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.notify import Notifier
+from reconciler.daemon.scheduling import Schedule
+from reconciler.daemon.status import (
+    FAILURES_SHOWN,
+    DesiredView,
+    FailureView,
+    PassOutcome,
+    PassResult,
+    Status,
+    TargetPass,
+    TargetResult,
+)
+from reconciler.daemon.trigger import Trigger
+from reconciler.errors import DesiredError, ReconcilerError
+from reconciler.executor import TargetReport
+from reconciler.settings import Settings
+from reconciler.sources import yamlfile
+from reconciler.targets.http import Backoff
+
+log = structlog.get_logger("reconciler.daemon")
+
+#: How long the watcher may take to notice it must stop.
+WATCH_STOP_TIMEOUT = 5.0
+#: Before READY=1 (a long first sync), the service manager's start timeout is extended by this.
+START_EXTENSION = 120.0
+
+
+class Daemon:
+    """The long-running reconciler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        desired_path: Path,
+        dry_run: bool,
+        interval: float,
+        targets: Collection[str] = (),
+        only: Collection[str] | None = None,
+        backoff: Backoff | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.desired_path = desired_path
+        self.dry_run = dry_run
+        self.interval = interval
+        self.targets = targets
+        self.only = only
+        self.backoff = backoff
+        self.notifier = notifier or Notifier()
+        self.status = Status(interval=interval, dry_run=dry_run)
+        self.metrics = Metrics()
+        self.trigger = Trigger()
+        self._stopping: asyncio.Event | None = None
+        self._signature: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM or SIGINT; 0 after a clean stop, 1 if it could not start."""
+        self._stopping = asyncio.Event()
+        try:
+            opened = composition.open_app(
+                self.settings,
+                desired_path=self.desired_path,
+                targets=self.targets,
+                backoff=self.backoff,
+            )
+            async with opened as app:
+                return await self._serve(app)
+        except DesiredError as exc:
+            # No last good state to fall back on: refuse to start, loudly.
+            log.error("desired.invalid", problems=[str(p) for p in exc.problems])
+            raise
+
+    async def _serve(self, app: App) -> int:
+        assert self._stopping is not None
+        self._signature = await asyncio.to_thread(self._current_signature, app)
+        self._show_desired(app)
+        listening = await server.start(
+            server.make_app(
+                self.status,
+                self.trigger,
+                self.metrics,
+                webhook_secret=self.settings.webhook_secret.get_secret_value()
+                if self.settings.webhook_secret
+                else None,
+            ),
+            self.settings.listen,
+        )
+        schedule = Schedule(self.trigger, self.interval)
+        watch_stop = asyncio.Event()
+        watcher = asyncio.create_task(
+            watching.watch(self.desired_path, self.trigger, watch_stop), name="watcher"
+        )
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.trigger.request, "sighup")
+        log.info(
+            "daemon.started",
+            listen=listening.url,
+            desired=str(self.desired_path),
+            interval=self.interval,
+            dry_run=self.dry_run,
+            targets=sorted(app.targets),
+        )
+        schedule.start()
+        self.trigger.request("startup")
+        try:
+            await self._work(app)
+        finally:
+            schedule.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            watch_stop.set()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(watcher, WATCH_STOP_TIMEOUT)
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await listening.close()
+        log.info("daemon.stopped", passes=self.status.passes)
+        return 0
+
+    def stop(self) -> None:
+        """SIGTERM: start nothing new, let what is in flight finish and be recorded, exit."""
+        if self._stopping is None or self._stopping.is_set():
+            return
+        log.info("daemon.stopping", in_pass=self.status.in_pass)
+        self.notifier.send("STOPPING=1")
+        self._stopping.set()
+        self.trigger.close()
+
+    async def _work(self, app: App) -> None:
+        while reasons := await self.trigger.wait():
+            await self._pass(app, reasons)
+            last = self.status.last_pass
+            assert last is not None
+            state = f"STATUS=pass {last.number}: {last.result}"
+            if self.status.passes == 1:
+                self.notifier.send("READY=1", state)
+            else:
+                self.notifier.send(state)
+
+    async def _heartbeat(self) -> None:
+        """WATCHDOG=1 while the event loop (and so the worker) is alive; before the first pass
+        has finished, also extend the start timeout, since a first sync may take long."""
+        interval = self.notifier.watchdog_interval or 30.0
+        while True:
+            if self.status.passes == 0:
+                usec = int(max(START_EXTENSION, 2 * interval) * 1_000_000)
+                self.notifier.send(f"EXTEND_TIMEOUT_USEC={usec}", "STATUS=first pass running")
+            if self.notifier.watchdog_interval is not None:
+                self.notifier.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    async def _pass(self, app: App, reasons: tuple[str, ...]) -> None:
+        number = self.status.passes + 1
+        started_wall, started = time.time(), time.monotonic()
+        self.status.in_pass = True
+        log.info("pass.started", number=number, reasons=list(reasons), dry_run=self.dry_run)
+        plan: Plan | None = None
+        targets: dict[str, TargetPass] = {}
+        error: str | None = None
+        result: PassResult
+        try:
+            await self._refresh_desired(app)
+            plan = await cycle.plan(app, only=self.only)
+            if self.dry_run:
+                cycle.log_plan(plan, mode="dry-run")
+                reports: dict[str, TargetReport] = {}
+                result = "partial" if plan.has_errors else "ok"
+            else:
+                report = await cycle.apply(app, plan, stop=self._stopping)
+                reports = {r.target: r for r in report.targets}
+                result = report.result
+            managed = await app.store.managed()
+            targets = {
+                name: target_pass(tp, reports.get(name), managed.get(name, 0), dry_run=self.dry_run)
+                for name, tp in plan.targets.items()
+            }
+        except ReconcilerError as exc:
+            result, error = "failed", str(exc)
+            log.error("pass.failed", number=number, error=error)
+        except Exception:
+            # A bug must not end the daemon (the next pass may well succeed); it must be loud.
+            result, error = "failed", "internal error; see the pass.crashed log line"
+            log.exception("pass.crashed", number=number)
+        finally:
+            self.status.in_pass = False
+        finished = time.monotonic()
+        outcome = PassOutcome(
+            number=number,
+            started_at=started_wall,
+            finished_at=started_wall + (finished - started),
+            duration=finished - started,
+            result=result,
+            dry_run=self.dry_run,
+            reasons=reasons,
+            targets=targets,
+            plan_fingerprint=plan.fingerprint if plan is not None else None,
+            error=error,
+        )
+        self.status.passes = number
+        self.status.last_pass = outcome
+        self.metrics.record_pass(outcome)
+        log.info(
+            "pass.finished",
+            number=number,
+            result=result,
+            duration=round(outcome.duration, 3),
+            planned=plan.summary() if plan is not None else None,
+            applied=sum(sum(t.applied.values()) for t in targets.values()),
+            failed=sum(sum(t.failed.values()) for t in targets.values()),
+        )
+
+    async def _refresh_desired(self, app: App) -> None:
+        """Re-read the desired state only when its files changed; refuse an invalid edit."""
+        try:
+            current = await asyncio.to_thread(self._current_signature, app)
+        except DesiredError as exc:
+            self._refuse(exc)
+            return
+        if current == self._signature:
+            return
+        try:
+            validated = await asyncio.to_thread(
+                composition.validate, self.desired_path, hasher=app.hasher
+            )
+        except DesiredError as exc:
+            self._signature = current  # refused once; reported until the files change again
+            self._refuse(exc)
+            return
+        await app.replace_desired(validated)
+        self._signature = await asyncio.to_thread(self._current_signature, app)
+        self._show_desired(app)
+        log.info(
+            "desired.loaded",
+            files=list(validated.loaded.files),
+            persons=len(validated.loaded.desired.persons),
+            targets=sorted(app.targets),
+        )
+
+    def _current_signature(self, app: App) -> str:
+        persons = app.desired.loaded.desired.persons.values()
+        return yamlfile.signature(self.desired_path, (p.photo.path for p in persons if p.photo))
+
+    def _show_desired(self, app: App) -> None:
+        loaded = app.desired.loaded
+        self.status.desired = DesiredView(
+            files=loaded.files,
+            digest=loaded.desired.digest,
+            persons=len(loaded.desired.persons),
+            loaded_at=time.time(),
+        )
+        self.metrics.set_desired(True)
+
+    def _refuse(self, exc: DesiredError) -> None:
+        problems = tuple(str(p) for p in exc.problems)
+        summary = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}: {problems[0]}"
+        self.status.desired = dataclasses.replace(
+            self.status.desired, error=summary, problems=problems
+        )
+        self.metrics.set_desired(False)
+        log.error("desired.invalid", problems=list(problems), kept=self.status.desired.digest)
+
+
+def target_pass(
+    plan: TargetPlan, report: TargetReport | None, managed: int, *, dry_run: bool
+) -> TargetPass:
+    """What one pass did to one target, for /status and the metrics."""
+    planned = Counter(c.action.value for c in plan.changes)
+    failed = Counter(f.action.value for f in report.failures) if report else Counter[str]()
+    applied = dict(report.applied_by_action) if report else {}
+    result: TargetResult
+    if plan.error is not None:
+        result = "unobservable"
+    elif plan.suspended:
+        result = "suspended"
+    elif dry_run or report is None:
+        result = "dry-run"
+    elif report.failures and not report.applied:
+        result = "failed"
+    elif report.failures or report.interrupted:
+        result = "partial"
+    else:
+        result = "ok"
+    return TargetPass(
+        target=plan.target,
+        kind=plan.kind,
+        result=result,
+        planned=dict(planned),
+        applied=applied,
+        failed=dict(failed),
+        drift=sum(1 for c in plan.changes if c.reason is Reason.DRIFT),
+        held=len(plan.held),
+        held_reason=plan.held_reason,
+        foreign=len(plan.foreign),
+        invalid=len(plan.invalid),
+        managed=managed,
+        error=plan.error,
+        failures=tuple(
+            FailureView(person=f.person_id, action=f.action.value, error=f.error)
+            for f in (report.failures[:FAILURES_SHOWN] if report else ())
+        ),
+    )

@@ -283,3 +283,50 @@ async def test_an_invalid_desired_state_at_start_up_exits_1(
     assert process.returncode == 1
     assert b"desired.yaml:11" in err
     assert b"missing required key 'name'" in err
+
+
+async def test_sigterm_mid_apply_lets_batches_in_flight_finish_and_records_them(
+    tmp_path: Path, nebula: NebulaPassSimulator, nebula_url: str
+) -> None:
+    import sqlite3
+
+    persons = {f"{n:03d}": f"p{n}" for n in range(60)}
+    text = desired(nebula_url, persons).replace(
+        "    rate_limit: null\n", "    rate_limit: null\n    batch_size: 5\n    concurrency: 2\n"
+    )
+    (tmp_path / "desired.yaml").write_text(text)
+    nebula.faults.latency = 0.3  # 12 batches, 2 at a time: about 2 s of applying
+    env = {
+        **os.environ,
+        "LOBBY_PASSWORD": PASSWORD,
+        "RECONCILER_STATE_DIR": str(tmp_path / "state"),
+        "RECONCILER_LISTEN": "127.0.0.1:0",
+        "RECONCILER_LOG_FORMAT": "json",
+    }
+    env.pop("NOTIFY_SOCKET", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "reconciler",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    running = Running(process)
+    try:
+        await running.until(lambda: running.count("change.applied") >= 5, "the first batch")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), DEADLINE) == 0
+        await running.until(lambda: running.count("daemon.stopped") == 1, "daemon.stopped")
+    finally:
+        await running.close()
+    on_device = set(nebula.users)
+    assert 5 <= len(on_device) < len(persons), "the stop came mid-apply"
+    with sqlite3.connect(tmp_path / "state" / "reconciler.sqlite3") as db:
+        confirmed = {
+            pid for (pid,) in db.execute("SELECT person_id FROM ledger WHERE fingerprint != ''")
+        }
+    assert confirmed == on_device  # every batch the device confirmed is recorded; none lost
+    assert running.count("change.applied") == len(on_device)

@@ -104,6 +104,36 @@ class Running:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+async def spawn(
+    tmp_path: Path, *args: str, notify: socket.socket | None = None, **env: str
+) -> Running:
+    """`reconciler run ARGS` in tmp_path, logging JSON; env adds to (or, with "", removes from)
+    the test's environment."""
+    environ = {
+        **os.environ,
+        "LOBBY_PASSWORD": PASSWORD,
+        "RECONCILER_STATE_DIR": str(tmp_path / "state"),
+        "RECONCILER_LISTEN": "127.0.0.1:0",
+        "RECONCILER_LOG_FORMAT": "json",
+        **env,
+    }
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        if not env.get(name):
+            environ.pop(name, None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "reconciler",
+        "run",
+        *args,
+        cwd=tmp_path,
+        env=environ,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return Running(process, notify)
+
+
 @pytest.fixture
 async def daemon(
     tmp_path: Path, nebula: NebulaPassSimulator, nebula_url: str
@@ -112,30 +142,15 @@ async def daemon(
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.setblocking(False)
-    env = {
-        **os.environ,
-        "LOBBY_PASSWORD": PASSWORD,
-        "RECONCILER_STATE_DIR": str(tmp_path / "state"),
-        "RECONCILER_LISTEN": "127.0.0.1:0",
-        "RECONCILER_WEBHOOK_SECRET": SECRET,
-        "RECONCILER_LOG_FORMAT": "json",
-        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-        "WATCHDOG_USEC": "400000",
-    }
-    env.pop("WATCHDOG_PID", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "reconciler",
-        "run",
+    running = await spawn(
+        tmp_path,
         "--interval",
         "2",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        notify=notify,
+        RECONCILER_WEBHOOK_SECRET=SECRET,
+        NOTIFY_SOCKET=str(tmp_path / "notify.sock"),
+        WATCHDOG_USEC="400000",
     )
-    running = Running(process, notify)
     try:
         yield running
     finally:
@@ -226,28 +241,8 @@ async def test_dry_run_plans_every_pass_and_applies_nothing(
     tmp_path: Path, nebula: NebulaPassSimulator, nebula_url: str
 ) -> None:
     (tmp_path / "desired.yaml").write_text(desired(nebula_url, {"1": "one"}))
-    env = {
-        **os.environ,
-        "LOBBY_PASSWORD": PASSWORD,
-        "RECONCILER_STATE_DIR": str(tmp_path / "state"),
-        "RECONCILER_LISTEN": "127.0.0.1:0",
-        "RECONCILER_LOG_FORMAT": "json",
-    }
-    env.pop("NOTIFY_SOCKET", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "reconciler",
-        "run",
-        "--dry-run",
-        "--interval",
-        "60",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    running = Running(process)
+    running = await spawn(tmp_path, "--dry-run", "--interval", "60")
+    process = running.process
     try:
         await running.until(lambda: running.passes() >= 1, "the first pass")
         process.send_signal(signal.SIGHUP)
@@ -296,25 +291,8 @@ async def test_sigterm_mid_apply_lets_batches_in_flight_finish_and_records_them(
     )
     (tmp_path / "desired.yaml").write_text(text)
     nebula.faults.latency = 0.3  # 12 batches, 2 at a time: about 2 s of applying
-    env = {
-        **os.environ,
-        "LOBBY_PASSWORD": PASSWORD,
-        "RECONCILER_STATE_DIR": str(tmp_path / "state"),
-        "RECONCILER_LISTEN": "127.0.0.1:0",
-        "RECONCILER_LOG_FORMAT": "json",
-    }
-    env.pop("NOTIFY_SOCKET", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "reconciler",
-        "run",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    running = Running(process)
+    running = await spawn(tmp_path)
+    process = running.process
     try:
         await running.until(lambda: running.count("change.applied") >= 5, "the first batch")
         process.send_signal(signal.SIGTERM)

@@ -31,6 +31,9 @@ _T = TypeVar("_T")
 
 #: Bytes of the key that makes fingerprints unguessable (a plain hash of a pin is the pin).
 KEY_BYTES = 32
+#: Pass records kept: about a week of passes at the default interval, bounded for years of
+#: unattended running.
+PASSES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +171,7 @@ class SqliteStore:
                 "INSERT INTO passes (started_at, mode) VALUES (?, ?)", (time.time(), mode)
             )
             assert cursor.lastrowid is not None
+            db.execute("DELETE FROM passes WHERE id <= ?", (cursor.lastrowid - PASSES_KEPT,))
             return cursor.lastrowid
 
         return await self._transaction(write)

@@ -110,3 +110,14 @@ async def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
         db.execute("INSERT INTO schema_version (version) VALUES (99)")
     with pytest.raises(StoreError, match="upgrade reconciler"):
         await SqliteStore.open(path)
+
+
+async def test_old_pass_records_are_dropped(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.store import sqlite as module
+
+    monkeypatch.setattr(module, "PASSES_KEPT", 3)
+    for _ in range(5):
+        await store.begin_pass("apply")
+    assert [p.id for p in await store.passes()] == [5, 4, 3]

@@ -56,11 +56,10 @@ async def plan(
             return TargetPlan(target=name, kind=spec.kind.name, error=exc.message)
         ledger = await app.store.ledger(name)
         computed = planning.compute(desired, spec, observed, ledger, app.hasher, only=only)
-        in_scope = sum(1 for p in desired.persons.values() if spec.select.matches(p))
         return safety.check(
             computed,
             target.settings.delete_limit,
-            in_scope=in_scope,
+            in_scope=computed.in_scope,
             allow_mass_delete=allow_mass_delete,
         )
 

@@ -101,6 +101,8 @@ class TargetPlan:
     suspended: bool = False
     #: How many persons the ledger owns on this target (the base of percentage guards).
     managed: int = 0
+    #: Desired persons this target's select admits, whatever --only says (the empty-source guard).
+    in_scope: int = 0
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)

@@ -124,11 +124,8 @@ def compute(
     (foreign), even when its id matches a desired person (adoption is an explicit act).
     """
     kind = spec.kind
-    wanted = {
-        pid: person
-        for pid, person in desired.persons.items()
-        if spec.select.matches(person) and (only is None or pid in only)
-    }
+    scoped = [pid for pid, person in desired.persons.items() if spec.select.matches(person)]
+    wanted = {pid: desired.persons[pid] for pid in scoped if only is None or pid in only}
     upserts: list[Change] = []
     invalid: list[Invalid] = []
     foreign: set[str] = set()
@@ -223,6 +220,7 @@ def compute(
         observed_digest=None if observed is None else observed_digest(observed, hasher),
         suspended=spec.suspended,
         managed=len(ledger),
+        in_scope=len(scoped),
     )
 
 

@@ -239,3 +239,17 @@ def test_a_kind_that_cannot_list_is_planned_from_the_ledger() -> None:
     assert (
         planning.compute(desired(), spec, None, ledger, HASHER).changes[0].action is Action.DELETE
     )
+
+
+def test_in_scope_counts_what_select_admits_whatever_only_says() -> None:
+    spec = dataclasses.replace(SPEC, select=Select(types=frozenset({PersonType.STAFF})))
+    plan = planning.compute(
+        desired(person("1"), person("2"), person("3", type=PersonType.VISITOR)),
+        spec,
+        Observed(persons={}),
+        {},
+        HASHER,
+        only={"1"},
+    )
+    assert [c.person_id for c in plan.changes] == ["1"]
+    assert plan.in_scope == 2

@@ -219,11 +219,11 @@ def simulate(kinds: tuple[str, ...], port: int, host: str) -> int:
 # -- passes ---------------------------------------------------------------------------------
 
 
-async def _plan(options: Options, *, release: bool = False) -> Plan:
+async def _plan(options: Options) -> Plan:
     async with composition.open_app(
         options.settings, desired_path=options.file, targets=options.targets
     ) as app:
-        return await cycle.plan(app, only=options.only, allow_mass_delete=release)
+        return await cycle.plan(app, only=options.only)
 
 
 async def _apply(
@@ -232,7 +232,7 @@ async def _apply(
     async with composition.open_app(
         options.settings, desired_path=options.file, targets=options.targets
     ) as app:
-        computed = await cycle.plan(app, only=options.only, allow_mass_delete=False)
+        computed = await cycle.plan(app, only=options.only)
         if saved is not None:
             check_fresh(saved, computed)
         if release:
@@ -466,7 +466,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         click.echo(f"Error: {exc}", err=True)
         code = ExitCode.USAGE
     except ReconcilerError as exc:
-        structlog.get_logger("reconciler").debug("command.failed", error_type=type(exc).__name__)
         click.echo(f"Error: {exc}", err=True)
         code = ExitCode.ERROR
     with suppress(Exception):

@@ -41,10 +41,11 @@ class PassReport:
         return sum(t.applied for t in self.targets)
 
 
-async def plan(
-    app: App, *, only: Collection[str] | None = None, allow_mass_delete: bool = False
-) -> Plan:
-    """Observe every target and compute the plan; changes nothing anywhere."""
+async def plan(app: App, *, only: Collection[str] | None = None) -> Plan:
+    """Observe every target and compute the plan, guards applied; changes nothing anywhere.
+
+    Held deletes are released afterwards, and only by an operator (apply --allow-mass-delete).
+    """
     desired = app.desired.loaded.desired
 
     async def one(name: str, target: Target) -> TargetPlan:
@@ -56,12 +57,7 @@ async def plan(
             return TargetPlan(target=name, kind=spec.kind.name, error=exc.message)
         ledger = await app.store.ledger(name)
         computed = planning.compute(desired, spec, observed, ledger, app.hasher, only=only)
-        return safety.check(
-            computed,
-            target.settings.delete_limit,
-            in_scope=computed.in_scope,
-            allow_mass_delete=allow_mass_delete,
-        )
+        return safety.check(computed, target.settings.delete_limit, in_scope=computed.in_scope)
 
     names = sorted(app.targets)
     planned = await asyncio.gather(*(one(name, app.targets[name]) for name in names))

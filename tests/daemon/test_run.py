@@ -95,6 +95,12 @@ class Running:
             if e["event"] == "pass.finished" and (result is None or e["result"] == result)
         )
 
+    async def exited(self) -> int:
+        """The exit code, once the process has ended and all it logged is read."""
+        code = await asyncio.wait_for(self.process.wait(), DEADLINE)
+        await asyncio.wait_for(self._tasks[0], DEADLINE)
+        return code
+
     async def close(self) -> None:
         if self.process.returncode is None:
             self.process.kill()
@@ -263,19 +269,12 @@ async def test_an_invalid_desired_state_at_start_up_exits_1(
     tmp_path: Path, nebula_url: str
 ) -> None:
     (tmp_path / "desired.yaml").write_text(desired(nebula_url, {"1": "one"}) + "  - {id: 2}\n")
-    env = {**os.environ, "LOBBY_PASSWORD": PASSWORD, "RECONCILER_STATE_DIR": str(tmp_path / "s")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "reconciler",
-        "run",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(process.communicate(), DEADLINE)
-    assert process.returncode == 1
+    running = await spawn(tmp_path)
+    try:
+        assert await running.exited() == 1
+    finally:
+        await running.close()
+    err = "".join(running.lines).encode()
     assert b"desired.yaml:11" in err
     assert b"missing required key 'name'" in err
 

@@ -267,7 +267,14 @@ async def _apply(
 def release_held(plan: Plan, app: composition.App) -> Plan:
     """--allow-mass-delete: the held deletes go ahead, after everything else."""
     targets = {
-        name: dataclasses.replace(t, changes=t.changes + t.held, held=(), held_reason="")
+        name: dataclasses.replace(
+            t,
+            changes=t.changes + t.held,
+            held=(),
+            held_reason="",
+            departments=t.departments + t.held_departments,
+            held_departments=(),
+        )
         for name, t in plan.targets.items()
     }
     return dataclasses.replace(
@@ -358,10 +365,22 @@ def target_lines(t: TargetPlan) -> Iterator[str]:
     if t.error is not None:
         yield click.style(f"  ! could not be observed: {t.error}", fg="red")
         return
-    if t.observed_digest is None:
-        yield "  (write-only: this kind cannot list persons; planned from the ledger)"
-    if not t.changes and not t.held:
+    if t.write_only:
+        yield (
+            f"  (write-only: {t.kind} cannot list persons; planned from the ledger, "
+            "drift on the target cannot be seen)"
+        )
+    if not t.changes and not t.held and not t.departments and not t.held_departments:
         yield "  no changes"
+    for department in t.departments:
+        symbol, color = SYMBOLS[department.action]
+        detail = (
+            f"  {department.action.value} ({department.reason.value})"
+            if department.action is Action.DELETE
+            else f"  {department.action.value} ({department.reason.value}) "
+            f"{department.name!r}" + (f" under {department.parent}" if department.parent else "")
+        )
+        yield click.style(f"  {symbol} department {department.department_id}", fg=color) + detail
     for change in t.changes:
         yield from change_lines(change)
     for invalid in t.invalid:
@@ -370,6 +389,10 @@ def target_lines(t: TargetPlan) -> Iterator[str]:
         yield click.style(f"  held: {len(t.held)} deletes: {t.held_reason}", fg="red", bold=True)
         for change in t.held:
             yield click.style(f"      - {change.person_id}", fg="red")
+    if t.held_departments:
+        yield click.style(
+            f"  held: {len(t.held_departments)} department deletes: {t.held_reason}", fg="red"
+        )
     if t.foreign:
         shown = ", ".join(t.foreign[:10]) + (" …" if len(t.foreign) > 10 else "")
         yield (
@@ -380,8 +403,9 @@ def target_lines(t: TargetPlan) -> Iterator[str]:
 
 def change_lines(change: changes.Change) -> Iterator[str]:
     symbol, color = SYMBOLS[change.action]
+    note = "  periodic re-push: the target cannot be read" if change.resync else ""
     yield click.style(f"  {symbol} {change.person_id}", fg=color, bold=True) + (
-        f"  {change.action.value} ({change.reason.value})"
+        f"  {change.action.value} ({change.reason.value}){note}"
     )
     width = max((len(f.field) for f in change.fields), default=0)
     for field in change.fields:

@@ -7,6 +7,7 @@ the others. I/O through the app's targets and store.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,7 +57,17 @@ async def plan(app: App, *, only: Collection[str] | None = None) -> Plan:
             log.error("target.unobservable", target=name, error=exc.message)
             return TargetPlan(target=name, kind=spec.kind.name, error=exc.message)
         ledger = await app.store.ledger(name)
-        computed = planning.compute(desired, spec, observed, ledger, app.hasher, only=only)
+        departments = await app.store.departments(name) if spec.kind.departments else None
+        computed = planning.compute(
+            desired,
+            spec,
+            observed,
+            ledger,
+            app.hasher,
+            only=only,
+            departments=departments,
+            now=time.time(),
+        )
         return safety.check(computed, target.settings.delete_limit, in_scope=computed.in_scope)
 
     names = sorted(app.targets)
@@ -81,6 +92,12 @@ def log_plan(plan: Plan, *, mode: str) -> None:
         errors=sum(1 for t in plan.targets.values() if t.error),
     )
     for target_plan in plan.targets.values():
+        for department in target_plan.departments:
+            log.info(
+                "department.planned",
+                target=target_plan.target,
+                **changes.department_document(department),
+            )
         for change in target_plan.changes:
             log.info("change.planned", target=target_plan.target, **changes.change_document(change))
         if target_plan.held:

@@ -12,20 +12,29 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import structlog
 
-from reconciler.core.changes import Action, Change, TargetPlan, change_document
-from reconciler.core.planning import LedgerEntry
+from reconciler.core.changes import (
+    Action,
+    Change,
+    DepartmentChange,
+    TargetPlan,
+    change_document,
+    department_document,
+)
+from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import TargetError
 from reconciler.store.sqlite import SqliteStore
-from reconciler.targets.base import Outcome, Target
+from reconciler.targets.base import DepartmentTarget, Outcome, Target
 
 log = structlog.get_logger("reconciler.executor")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Failure:
+    #: The person, or for a department change "department:<id>".
     person_id: str
     action: Action
     error: str
@@ -72,10 +81,79 @@ async def apply(
 
     upserts = [c for c in plan.changes if c.action is not Action.DELETE]
     deletes = [c for c in plan.changes if c.action is Action.DELETE]
+    # Departments exist before the persons placed in them, and go after the persons leave.
+    await _apply_departments(
+        [d for d in plan.departments if d.action is not Action.DELETE], target, store, report, stop
+    )
     for phase in (upserts, deletes):
         if phase:
             await _apply_phase(phase, target, store, report, stop)
+    await _apply_departments(
+        [d for d in plan.departments if d.action is Action.DELETE], target, store, report, stop
+    )
     return report
+
+
+async def _apply_departments(
+    changes: Sequence[DepartmentChange],
+    target: Target,
+    store: SqliteStore,
+    report: TargetReport,
+    stop: asyncio.Event | None,
+) -> None:
+    if not changes:
+        return
+    name = report.target
+    if stop is not None and stop.is_set():
+        report.interrupted += len(changes)
+        return
+    try:
+        outcomes = await cast(DepartmentTarget, target).apply_departments(changes)
+    except TargetError as exc:
+        for change in changes:
+            _department_failed(name, report, change, exc.message)
+        return
+    now = time.time()
+    await store.record_departments(
+        name,
+        [
+            DepartmentEntry(
+                department_id=o.change.department_id,
+                parent=o.change.parent,
+                fingerprint=o.change.fingerprint,
+                applied_at=now,
+            )
+            for o in outcomes
+            if o.ok and o.change.action is not Action.DELETE
+        ],
+        [o.change.department_id for o in outcomes if o.ok and o.change.action is Action.DELETE],
+    )
+    answered = set()
+    for outcome in outcomes:
+        answered.add(outcome.change.department_id)
+        if outcome.ok:
+            report.applied += 1
+            action = outcome.change.action.value
+            report.applied_by_action[action] = report.applied_by_action.get(action, 0) + 1
+            log.info("department.applied", target=name, **department_document(outcome.change))
+        else:
+            _department_failed(name, report, outcome.change, outcome.error or "failed")
+    report.interrupted += sum(1 for c in changes if c.department_id not in answered)
+
+
+def _department_failed(
+    name: str, report: TargetReport, change: DepartmentChange, error: str
+) -> None:
+    report.failures.append(
+        Failure(person_id=f"department:{change.department_id}", action=change.action, error=error)
+    )
+    log.warning(
+        "department.failed",
+        target=name,
+        action=change.action.value,
+        department=change.department_id,
+        error=error,
+    )
 
 
 async def _apply_phase(
@@ -113,6 +191,7 @@ async def _record(
             remote_id=o.remote_id or o.change.remote_id,
             fingerprint=o.change.fingerprint,
             written=o.change.written,
+            refs=o.refs if o.refs is not None else o.change.refs,
             applied_at=now,
         )
         for o in outcomes

@@ -74,6 +74,24 @@ class Change:
     fingerprint: str = ""
     #: Keyed hash per write-only field of `record`, for the ledger.
     written: Mapping[str, str] = field(default_factory=dict)
+    #: The target's other references the ledger holds for this person (a platform photoId).
+    refs: Mapping[str, str] = field(default_factory=dict)
+    #: A periodic re-push of a target that cannot be read (sophon_sight): no known difference.
+    resync: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepartmentChange:
+    """A create / update / delete of one department, on kinds that have departments."""
+
+    action: Action
+    department_id: str
+    reason: Reason
+    #: Empty for a delete.
+    name: str = ""
+    parent: str | None = None
+    #: Keyed fingerprint of (name, parent): what the department ledger stores once confirmed.
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +121,13 @@ class TargetPlan:
     managed: int = 0
     #: Desired persons this target's select admits, whatever --only says (the empty-source guard).
     in_scope: int = 0
+    #: Department changes (kinds with departments): upserts parents first, then deletes
+    #: children first. Upserts are applied before the persons, deletes after them.
+    departments: tuple[DepartmentChange, ...] = ()
+    #: Department deletes held with the person deletes.
+    held_departments: tuple[DepartmentChange, ...] = ()
+    #: The kind cannot be read: this plan comes from the ledger alone.
+    write_only: bool = False
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)
@@ -126,11 +151,11 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(t.changes for t in self.targets.values())
+        return any(t.changes or t.departments for t in self.targets.values())
 
     @property
     def has_held(self) -> bool:
-        return any(t.held for t in self.targets.values())
+        return any(t.held or t.held_departments for t in self.targets.values())
 
     @property
     def has_errors(self) -> bool:
@@ -146,6 +171,9 @@ def fingerprint(desired_digest: str, targets: Iterable[TargetPlan], hasher: Hash
             for c in changes
         ]
 
+    def departments(changes: Iterable[DepartmentChange]) -> list[list[Any]]:
+        return [[c.action.value, c.department_id, c.fingerprint] for c in changes]
+
     body = [
         desired_digest,
         [
@@ -158,6 +186,8 @@ def fingerprint(desired_digest: str, targets: Iterable[TargetPlan], hasher: Hash
                 essence(t.held),
                 [[i.person_id, i.error] for i in t.invalid],
                 list(t.forget),
+                departments(t.departments),
+                departments(t.held_departments),
             ]
             for t in sorted(targets, key=lambda t: t.target)
         ],
@@ -183,6 +213,20 @@ def change_document(change: Change) -> dict[str, Any]:
     }
     if change.fields:
         doc["fields"] = {f.field: field_document(f) for f in change.fields}
+    if change.resync:
+        doc["resync"] = True
+    return doc
+
+
+def department_document(change: DepartmentChange) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "action": change.action.value,
+        "department": change.department_id,
+        "reason": change.reason.value,
+    }
+    if change.action is not Action.DELETE:
+        doc["name"] = change.name
+        doc["parent"] = change.parent
     return doc
 
 
@@ -204,6 +248,12 @@ def document(plan: Plan) -> dict[str, Any]:
             entry["error"] = t.error
         if t.suspended:
             entry["suspended"] = True
+        if t.write_only:
+            # Nothing was read: every change below comes from the ledger alone.
+            entry["write_only"] = True
+        if t.departments or t.held_departments:
+            entry["departments"] = [department_document(c) for c in t.departments]
+            entry["held_departments"] = [department_document(c) for c in t.held_departments]
         targets[name] = entry
     return {
         "format_version": FORMAT_VERSION,

@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from reconciler.core import diffs
-from reconciler.core.changes import Action, Change, FieldChange, Reason, TargetPlan
-from reconciler.core.persons import Desired, Person, PersonType
+from reconciler.core.changes import (
+    Action,
+    Change,
+    DepartmentChange,
+    FieldChange,
+    Reason,
+    TargetPlan,
+)
+from reconciler.core.persons import Department, Desired, Person, PersonType
 from reconciler.core.records import Hasher, Invalid, KindSpec, Record, Render
 
 
@@ -59,6 +66,9 @@ class TargetSpec:
     select: Select = field(default_factory=Select)
     prune: Prune = Prune.MANAGED
     suspended: bool = False
+    #: Seconds after which a kind that cannot be read re-pushes what it applied, to repair
+    #: drift nobody can see; None: never.
+    resync_every: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,12 +97,24 @@ class LedgerEntry:
     fingerprint: str = ""
     #: Keyed hash per write-only field last confirmed.
     written: Mapping[str, str] = field(default_factory=dict)
+    #: The target's other references for this person (a platform photoId).
+    refs: Mapping[str, str] = field(default_factory=dict)
     applied_at: float = 0.0
 
     @property
     def pending(self) -> bool:
         """A write was sent but never confirmed (a crash in between): owned, content unknown."""
         return not self.fingerprint
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepartmentEntry:
+    """A department we created on one target, and therefore own."""
+
+    department_id: str
+    parent: str | None = None
+    fingerprint: str = ""
+    applied_at: float = 0.0
 
 
 def observed_digest(observed: Observed, hasher: Hasher) -> str:
@@ -117,11 +139,15 @@ def compute(
     hasher: Hasher,
     *,
     only: Collection[str] | None = None,
+    departments: Mapping[str, DepartmentEntry] | None = None,
+    now: float | None = None,
 ) -> TargetPlan:
     """The plan for one target. `observed` is None for a kind that cannot list.
 
     Never deletes what the ledger does not own; never touches a person the ledger does not own
     (foreign), even when its id matches a desired person (adoption is an explicit act).
+    `departments` is the department ledger of a kind with departments; `now` (epoch seconds)
+    decides which entries of a kind that cannot be read are due for their periodic re-push.
     """
     kind = spec.kind
     scoped = [pid for pid, person in desired.persons.items() if spec.select.matches(person)]
@@ -129,6 +155,12 @@ def compute(
     upserts: list[Change] = []
     invalid: list[Invalid] = []
     foreign: set[str] = set()
+    declared = {d.id for d in desired.departments}
+    resync_before = (
+        now - spec.resync_every
+        if observed is None and now is not None and spec.resync_every is not None
+        else None
+    )
 
     # Sorted here, not trusted from the caller: the plan's order is part of its identity.
     for pid in sorted(wanted):
@@ -138,6 +170,17 @@ def compute(
             invalid.append(rendered)
             continue
         record = rendered
+        if kind.department_field is not None:
+            department = record.get(kind.department_field)
+            if department not in declared:
+                invalid.append(
+                    Invalid(
+                        person_id=pid,
+                        error=f"department {department} is not declared under departments:, "
+                        f"and {kind.name} needs it to exist first",
+                    )
+                )
+                continue
         fp = hasher.digest(record)
         entry = ledger.get(pid)
         seen = None if observed is None else observed.persons.get(pid)
@@ -155,6 +198,11 @@ def compute(
                 foreign.add(pid)
             continue
         if entry.fingerprint == fp and (seen is None or _projection(record, kind) == seen.record):
+            if resync_before is not None and entry.applied_at <= resync_before:
+                change = _upsert(
+                    Action.UPDATE, Reason.DRIFT, person, record, fp, entry, kind, hasher
+                )
+                upserts.append(dataclasses.replace(change, resync=True))
             continue  # the common case: one fingerprint compare, one record compare
 
         fields = _field_changes(record, seen, entry, kind, hasher)
@@ -177,7 +225,8 @@ def compute(
             )
         else:
             change = _upsert(Action.UPDATE, reason, person, record, fp, entry, kind, hasher)
-        upserts.append(dataclasses.replace(change, fields=fields))
+        remote_id = seen.remote_id if seen is not None and seen.remote_id else change.remote_id
+        upserts.append(dataclasses.replace(change, fields=fields, remote_id=remote_id))
 
     deletes: list[Change] = []
     forget: list[str] = []
@@ -196,12 +245,17 @@ def compute(
                 Invalid(person_id=pid, error="out of this target's scope, but protected: kept")
             )
             continue
+        seen = None if observed is None else observed.persons.get(pid)
         deletes.append(
             Change(
                 action=Action.DELETE,
                 person_id=pid,
                 reason=Reason.REMOVED,
-                remote_id=entry.remote_id,
+                # The listing is the truth about the target's id; the ledger's may be stale.
+                remote_id=seen.remote_id
+                if seen is not None and seen.remote_id
+                else entry.remote_id,
+                refs=entry.refs,
             )
         )
 
@@ -221,7 +275,78 @@ def compute(
         suspended=spec.suspended,
         managed=len(ledger),
         in_scope=len(scoped),
+        departments=(
+            plan_departments(desired.departments, departments or {}, hasher, spec, resync_before)
+            if kind.departments and only is None
+            else ()
+        ),
+        write_only=observed is None,
     )
+
+
+def plan_departments(
+    declared: tuple[Department, ...],
+    ledger: Mapping[str, DepartmentEntry],
+    hasher: Hasher,
+    spec: TargetSpec,
+    resync_before: float | None = None,
+) -> tuple[DepartmentChange, ...]:
+    """Every declared department, parents first; then the ones we created and no longer
+    declare, children first. Kinds with departments cannot list them: the ledger decides."""
+    upserts: list[DepartmentChange] = []
+    for department in _parents_first(declared):
+        parent = department.parent or None
+        fp = hasher.digest([department.name, parent])
+        entry = ledger.get(department.id)
+        due = resync_before is not None and entry is not None and entry.applied_at <= resync_before
+        if entry is not None and entry.fingerprint == fp and not due:
+            continue
+        upserts.append(
+            DepartmentChange(
+                action=Action.CREATE if entry is None else Action.UPDATE,
+                department_id=department.id,
+                reason=Reason.NEW if entry is None else Reason.INTENT,
+                name=department.name,
+                parent=parent,
+                fingerprint=fp,
+            )
+        )
+    if spec.prune is Prune.NONE:
+        return tuple(upserts)
+    ids = {d.id for d in declared}
+    gone = {did: entry for did, entry in ledger.items() if did not in ids}
+    deletes = [
+        DepartmentChange(action=Action.DELETE, department_id=did, reason=Reason.REMOVED)
+        for did in sorted(gone, key=lambda did: (-_depth(did, gone), did))
+    ]
+    return tuple(upserts) + tuple(deletes)
+
+
+def _parents_first(declared: tuple[Department, ...]) -> list[Department]:
+    by_id = {d.id: d for d in declared}
+    order: dict[str, Department] = {}
+
+    def visit(department: Department, path: frozenset[str]) -> None:
+        if department.id in order or department.id in path:
+            return  # a cycle is refused by the loader; never loop on one here
+        parent = by_id.get(department.parent)
+        if parent is not None:
+            visit(parent, path | {department.id})
+        order[department.id] = department
+
+    for department in sorted(declared, key=lambda d: d.id):
+        visit(department, frozenset())
+    return list(order.values())
+
+
+def _depth(did: str, entries: Mapping[str, DepartmentEntry]) -> int:
+    depth, seen = 0, {did}
+    parent = entries[did].parent
+    while parent is not None and parent in entries and parent not in seen:
+        seen.add(parent)
+        depth += 1
+        parent = entries[parent].parent
+    return depth
 
 
 def _projection(record: Record, kind: KindSpec) -> dict[str, object]:
@@ -288,4 +413,5 @@ def _upsert(
         remote_id=entry.remote_id if entry is not None else None,
         fingerprint=fp,
         written=written_hashes(record, written_fields, hasher),
+        refs=entry.refs if entry is not None else {},
     )

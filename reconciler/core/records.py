@@ -44,6 +44,13 @@ class KindSpec:
     sensitive: frozenset[str] = frozenset()
     #: False for push-only APIs: planned from the ledger alone.
     can_list: bool = True
+    #: The record field naming the person's department, for kinds that sync departments
+    #: (which are then planned too, parents first); None: the kind has no departments.
+    department_field: str | None = None
+
+    @property
+    def departments(self) -> bool:
+        return self.department_field is not None
 
     @property
     def write_only(self) -> frozenset[str]:

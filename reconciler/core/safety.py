@@ -64,9 +64,18 @@ def check(
 ) -> TargetPlan:
     """Move the plan's deletes to `held` when a guard trips; otherwise return it unchanged."""
     deletes = tuple(c for c in plan.changes if c.action is Action.DELETE)
-    if not deletes or allow_mass_delete:
+    department_deletes = tuple(d for d in plan.departments if d.action is Action.DELETE)
+    if (not deletes and not department_deletes) or allow_mass_delete:
         return plan
-    if in_scope == 0:
+    if not deletes:
+        if in_scope > 0:
+            return plan
+        # An emptied source must not tear down the departments either.
+        reason = (
+            f"no desired person is in scope for this target, so {len(department_deletes)} "
+            "department deletes are held; release with --allow-mass-delete"
+        )
+    elif in_scope == 0:
         reason = (
             f"no desired person is in scope for this target, so all {len(deletes)} deletes "
             "are held (an empty source looks like a mistake); release with --allow-mass-delete"
@@ -79,4 +88,12 @@ def check(
     else:
         return plan
     kept = tuple(c for c in plan.changes if c.action is not Action.DELETE)
-    return dataclasses.replace(plan, changes=kept, held=deletes, held_reason=reason)
+    # Departments of held persons are still in use: their deletes wait with them.
+    return dataclasses.replace(
+        plan,
+        changes=kept,
+        held=deletes,
+        held_reason=reason,
+        departments=tuple(d for d in plan.departments if d.action is not Action.DELETE),
+        held_departments=department_deletes,
+    )

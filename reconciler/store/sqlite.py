@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from reconciler.core.planning import LedgerEntry
+from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import StoreError
 
 _T = TypeVar("_T")
@@ -89,7 +89,7 @@ class SqliteStore:
     async def ledger(self, target: str) -> dict[str, LedgerEntry]:
         def read(db: sqlite3.Connection) -> dict[str, LedgerEntry]:
             rows = db.execute(
-                "SELECT person_id, remote_id, fingerprint, written, applied_at FROM ledger "
+                "SELECT person_id, remote_id, fingerprint, written, refs, applied_at FROM ledger "
                 "WHERE target = ? ORDER BY person_id",
                 (target,),
             )
@@ -99,9 +99,10 @@ class SqliteStore:
                     remote_id=remote_id,
                     fingerprint=fp,
                     written=orjson.loads(written),
+                    refs=orjson.loads(refs),
                     applied_at=applied_at,
                 )
-                for pid, remote_id, fp, written, applied_at in rows
+                for pid, remote_id, fp, written, refs, applied_at in rows
             }
 
         return await self._with_db(read)
@@ -140,6 +141,7 @@ class SqliteStore:
                 e.remote_id,
                 e.fingerprint,
                 orjson.dumps(dict(e.written), option=orjson.OPT_SORT_KEYS).decode(),
+                orjson.dumps(dict(e.refs), option=orjson.OPT_SORT_KEYS).decode(),
                 e.applied_at,
             )
             for e in applied
@@ -148,11 +150,12 @@ class SqliteStore:
 
         def write(db: sqlite3.Connection) -> None:
             db.executemany(
-                "INSERT INTO ledger (target, person_id, remote_id, fingerprint, written, "
-                "applied_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, person_id) DO UPDATE "
-                "SET remote_id = COALESCE(excluded.remote_id, ledger.remote_id), "
+                "INSERT INTO ledger (target, person_id, remote_id, fingerprint, written, refs, "
+                "applied_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (target, person_id) DO UPDATE SET "
+                "remote_id = COALESCE(excluded.remote_id, ledger.remote_id), "
                 "fingerprint = excluded.fingerprint, written = excluded.written, "
-                "applied_at = excluded.applied_at",
+                "refs = excluded.refs, applied_at = excluded.applied_at",
                 upserts,
             )
             db.executemany("DELETE FROM ledger WHERE target = ? AND person_id = ?", removals)
@@ -162,6 +165,49 @@ class SqliteStore:
     async def forget(self, target: str, person_ids: Sequence[str]) -> None:
         """Drop ledger rows of persons gone from both the target and the desired state."""
         await self.record(target, (), person_ids)
+
+    async def departments(self, target: str) -> dict[str, DepartmentEntry]:
+        """The departments we created on a target (kinds with departments)."""
+
+        def read(db: sqlite3.Connection) -> dict[str, DepartmentEntry]:
+            rows = db.execute(
+                "SELECT department_id, parent, fingerprint, applied_at FROM department_ledger "
+                "WHERE target = ? ORDER BY department_id",
+                (target,),
+            )
+            return {
+                did: DepartmentEntry(
+                    department_id=did, parent=parent, fingerprint=fp, applied_at=applied_at
+                )
+                for did, parent, fp, applied_at in rows
+            }
+
+        return await self._with_db(read)
+
+    async def record_departments(
+        self, target: str, applied: Sequence[DepartmentEntry], deleted: Sequence[str] = ()
+    ) -> None:
+        """Confirmed department outcomes, in one transaction."""
+        if not applied and not deleted:
+            return
+        upserts = [
+            (target, e.department_id, e.parent, e.fingerprint, e.applied_at) for e in applied
+        ]
+        removals = [(target, did) for did in deleted]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO department_ledger (target, department_id, parent, fingerprint, "
+                "applied_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, department_id) "
+                "DO UPDATE SET parent = excluded.parent, fingerprint = excluded.fingerprint, "
+                "applied_at = excluded.applied_at",
+                upserts,
+            )
+            db.executemany(
+                "DELETE FROM department_ledger WHERE target = ? AND department_id = ?", removals
+            )
+
+        await self._transaction(write)
 
     # -- passes ---------------------------------------------------------------------------
 

@@ -8,21 +8,41 @@ confirmed batch in the ledger at once. No I/O here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from reconciler.core.changes import Change
+from reconciler.core.changes import Change, DepartmentChange
 from reconciler.core.persons import PersonType
 from reconciler.core.planning import Observed, Prune, Select, TargetSpec
 from reconciler.core.safety import DeleteLimit
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> Any:
+    """Seconds, or a number with a unit: 90, "90s", "30m", "24h", "7d"."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError("must be seconds or a number with s, m, h or d (e.g. 24h)")
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    return value
+
+
+#: A duration in settings: 86400, "24h", "30m", "1d".
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class SelectSettings(BaseModel):
@@ -92,6 +112,18 @@ class Outcome:
     error: str | None = None
     #: False: retrying the same change cannot succeed until the input changes.
     retryable: bool = True
+    #: The target's other references for this person (a platform photoId); None keeps the
+    #: ledger's, a mapping replaces them.
+    refs: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepartmentOutcome:
+    """What the target said about one department change."""
+
+    change: DepartmentChange
+    ok: bool
+    error: str | None = None
 
 
 class Target(Protocol):
@@ -117,6 +149,16 @@ class Target(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class DepartmentTarget(Target, Protocol):
+    """A kind with departments (KindSpec.departments): synced before persons, deleted after."""
+
+    async def apply_departments(
+        self, changes: Sequence[DepartmentChange]
+    ) -> list[DepartmentOutcome]:
+        """Send the changes in the order given (parents first, or children first for deletes)."""
+        ...
 
 
 def chunks(items: Sequence[_In], size: int) -> Iterable[Sequence[_In]]:

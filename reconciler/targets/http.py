@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -67,6 +67,16 @@ class Response:
                 f"malformed response to {self.method} {self.path} (HTTP {self.status}): "
                 f"not JSON ({exc.msg}); body starts {excerpt(self.body)!r}",
             ) from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Part:
+    """One file of a multipart/form-data upload (an avatar, say)."""
+
+    name: str
+    filename: str
+    content: bytes
+    content_type: str
 
 
 def excerpt(body: bytes) -> str:
@@ -146,14 +156,25 @@ class Client:
         path: str,
         *,
         json: Any = None,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        multipart: Sequence[Part] | None = None,
         headers: Mapping[str, str] | None = None,
         retry: bool = True,
     ) -> Response:
         """Send one request, retrying temporary failures; 4xx other than 408/429 are returned.
 
-        Adapters interpret the returned status: what a 404 means differs per vendor.
+        The body is `json` (serialised here), `data` (sent byte for byte: what a signature
+        covers) or `multipart` parts, at most one of them. Adapters interpret the returned
+        status: what a 404 means differs per vendor.
         """
-        body = None if json is None else orjson.dumps(json)
+        if sum(part is not None for part in (json, data, multipart)) > 1:
+            raise ValueError("give at most one of json, data and multipart")
+        body: bytes | tuple[Part, ...] | None = data
+        if json is not None:
+            body = orjson.dumps(json)
+        elif multipart is not None:
+            body = tuple(multipart)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._backoff.attempts if retry else 1)
             | stop_after_delay(self._backoff.budget),
@@ -163,7 +184,7 @@ class Client:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._send(method, path, body, headers)
+                return await self._send(method, path, body, params, headers)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     def _wait(self, state: RetryCallState) -> float:
@@ -173,12 +194,27 @@ class Client:
         return max(backoff, hint) if hint is not None else backoff
 
     async def _send(
-        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | None
+        self,
+        method: str,
+        path: str,
+        body: bytes | tuple[Part, ...] | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
     ) -> Response:
         session = self._open()
-        send_headers = {"Content-Type": "application/json"} if body is not None else {}
+        send_headers = {"Content-Type": "application/json"} if isinstance(body, bytes) else {}
         if headers:
             send_headers.update(headers)
+        payload_body: bytes | aiohttp.FormData | None
+        if isinstance(body, tuple):
+            # A FormData is consumed by sending it: each attempt builds its own.
+            payload_body = aiohttp.FormData()
+            for part in body:
+                payload_body.add_field(
+                    part.name, part.content, filename=part.filename, content_type=part.content_type
+                )
+        else:
+            payload_body = body
         async with self._concurrency:
             await self._wait_for_pause()
             if self._limiter is not None:
@@ -186,7 +222,11 @@ class Client:
             self.sent[method] = self.sent.get(method, 0) + 1
             try:
                 async with session.request(
-                    method, self.base_url + path, data=body, headers=send_headers
+                    method,
+                    self.base_url + path,
+                    data=payload_body,
+                    params=dict(params) if params else None,
+                    headers=send_headers,
                 ) as raw:
                     payload = await raw.read()
                     response = Response(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.core.planning import LedgerEntry
+from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import StoreError
-from reconciler.store.sqlite import SqliteStore
+from reconciler.store.sqlite import SqliteStore, migrations
 
 
 @pytest.fixture
@@ -121,3 +121,46 @@ async def test_old_pass_records_are_dropped(
     for _ in range(5):
         await store.begin_pass("apply")
     assert [p.id for p in await store.passes()] == [5, 4, 3]
+
+
+async def test_refs_are_stored_replaced_and_dropped_with_the_row(store: SqliteStore) -> None:
+    first = LedgerEntry(person_id="1", fingerprint="a", refs={"photoId": "p1"}, applied_at=1.0)
+    await store.record("platform", [first])
+    assert (await store.ledger("platform"))["1"].refs == {"photoId": "p1"}
+    await store.record("platform", [LedgerEntry(person_id="1", fingerprint="b", applied_at=2.0)])
+    assert (await store.ledger("platform"))["1"].refs == {}
+    await store.record("platform", [], ["1"])
+    assert await store.ledger("platform") == {}
+
+
+async def test_the_department_ledger_records_and_forgets(store: SqliteStore) -> None:
+    hq = DepartmentEntry(department_id="HQ", fingerprint="f1", applied_at=1.0)
+    rd = DepartmentEntry(department_id="D01", parent="HQ", fingerprint="f2", applied_at=1.0)
+    await store.record_departments("platform", [hq, rd])
+    assert await store.departments("platform") == {"D01": rd, "HQ": hq}
+    assert await store.departments("other") == {}
+    await store.record_departments("platform", [], ["D01"])
+    assert set(await store.departments("platform")) == {"HQ"}
+
+
+async def test_a_version_1_store_is_migrated_keeping_its_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, script in migrations():
+        if version == 1:
+            db.executescript(script)
+            db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    db.execute(
+        "INSERT INTO ledger (target, person_id, remote_id, fingerprint, written, applied_at) "
+        "VALUES ('lobby', '1', NULL, 'fp', '{}', 1.0)"
+    )
+    db.commit()
+    db.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        assert (await store.ledger("lobby"))["1"].refs == {}
+        assert await store.departments("lobby") == {}
+    finally:
+        await store.aclose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from reconciler.core import planning, safety
-from reconciler.core.changes import Action, Reason
+from reconciler.core.changes import Action, Reason, TargetPlan
 from reconciler.core.persons import Department, Desired, Person
 from reconciler.core.planning import DepartmentEntry, LedgerEntry, Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
@@ -39,7 +39,7 @@ def desired(*persons: Person, departments: tuple[Department, ...] = DEPARTMENTS)
 
 
 def applied(
-    plan: planning.TargetPlan, at: float
+    plan: TargetPlan, at: float
 ) -> tuple[dict[str, LedgerEntry], dict[str, DepartmentEntry]]:
     ledger = {
         c.person_id: LedgerEntry(

@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +28,36 @@ from reconciler.simulators.base import Served, Simulator, serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 
 EXAMPLE = Path("desired.example.yaml")
-#: Set as every target's login on its simulator: generated per run, never printed.
-DEMO_USER = "admin"
 
 
-def _nebula_pass(user: str, password: str) -> Simulator:
-    return NebulaPassSimulator(username=user, password=password)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KindSimulator:
+    """How to stand up one kind's simulator, and the target settings that log in to it."""
+
+    build: Callable[[Mapping[str, str]], Simulator]
+    #: Credential settings the simulator checks, with the well-known values `simulate` uses.
+    credentials: Mapping[str, str]
+
+
+SIMULATORS: dict[str, KindSimulator] = {
+    "nebula_pass": KindSimulator(
+        build=lambda c: NebulaPassSimulator(username=c["username"], password=c["password"]),
+        credentials={"username": "admin", "password": "admin123"},
+    ),
+}
+
+
+def demo_credentials(kind: str) -> dict[str, str]:
+    """Fresh credentials for one demo run: generated, never printed."""
+    return {
+        key: "admin" if key == "username" else secrets.token_hex(8)
+        for key in SIMULATORS[kind].credentials
+    }
 
 
 def _seed(simulator: Simulator) -> None:
     """Someone enrolled at a device by hand: the demo shows it is reported, never touched."""
-    if isinstance(simulator, NebulaPassSimulator):
-        simulator.add_user("9001", name="前台登记", type=2, remark="enrolled at the device")
-
-
-SIMULATORS: dict[str, Callable[[str, str], Simulator]] = {"nebula_pass": _nebula_pass}
+    simulator.add_person("9001", "前台登记")
 
 
 class DemoEnvironment(Mapping[str, str]):
@@ -134,14 +150,13 @@ async def simulators(
     served: dict[str, tuple[Served, dict[str, str]]] = {}
     try:
         for index, (name, kind) in enumerate(sorted(kinds.items())):
-            factory = SIMULATORS.get(kind)
-            if factory is None:
+            if kind not in SIMULATORS:
                 raise ConfigError(f"target {name}: no simulator for kind {kind}")
-            password = secrets.token_urlsafe(12)
-            simulator = factory(DEMO_USER, password)
+            login = demo_credentials(kind)
+            simulator = SIMULATORS[kind].build(login)
             _seed(simulator)
             endpoint = await serve(simulator, host, port + index if port else 0)
-            served[name] = (endpoint, {"username": DEMO_USER, "password": password})
+            served[name] = (endpoint, login)
         yield served
     finally:
         for endpoint, _ in served.values():
@@ -155,10 +170,13 @@ async def simulate(kinds: Sequence[str], *, host: str, port: int) -> int:
         for index, kind in enumerate(kinds):
             if kind not in SIMULATORS:
                 raise ConfigError(f"no simulator for kind {kind}")
-            simulator = SIMULATORS[kind](DEMO_USER, "admin123")
-            endpoint = await serve(simulator, host, port + index if port else 0)
+            entry = SIMULATORS[kind]
+            endpoint = await serve(
+                entry.build(entry.credentials), host, port + index if port else 0
+            )
             endpoints.append(endpoint)
-            click.echo(f"{kind}: {endpoint.url}  (login {DEMO_USER} / admin123)")
+            login = ", ".join(f"{key}: {value}" for key, value in entry.credentials.items())
+            click.echo(f"{kind}: {endpoint.url}  ({login or 'no login'})")
         click.echo("Serving; Ctrl-C stops.")
         await interrupted()
     finally:

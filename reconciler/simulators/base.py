@@ -165,6 +165,20 @@ class Simulator(abc.ABC):
         """Headers the vendor puts on every response."""
         return {}
 
+    # The same view of every vendor's state, for the cross-kind contract tests and the demo.
+
+    @abc.abstractmethod
+    def add_person(self, person_id: str, name: str) -> None:
+        """Put a person on the target directly, as if enrolled by hand (never by reconciler)."""
+
+    @abc.abstractmethod
+    def person_names(self) -> dict[str, str]:
+        """Our person id -> the name the target stores, for everyone on it."""
+
+    @abc.abstractmethod
+    def photo_of(self, person_id: str) -> bytes | None:
+        """The face photo the target holds for a person, if any."""
+
     def app(self) -> web.Application:
         """A new Application serving this simulator's state, log and faults."""
         routes = list(self.routes())

@@ -111,6 +111,18 @@ class NebulaPassSimulator(Simulator):
         self.users[user_id] = user
         return user
 
+    def add_person(self, person_id: str, name: str) -> None:
+        self.add_user(person_id, name=name)
+
+    def person_names(self) -> dict[str, str]:
+        return {uid: str(user.get("name", "")) for uid, user in self.users.items()}
+
+    def photo_of(self, person_id: str) -> bytes | None:
+        avatar = self.users[person_id].get("avatar") or ""
+        if not avatar:
+            return None
+        return base64.b64decode(avatar + "=" * (-len(avatar) % 4))
+
     def routes(self) -> list[Route]:
         authed = self._authed
         return [

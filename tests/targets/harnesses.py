@@ -1,0 +1,42 @@
+"""Per-kind knowledge the cross-kind contract suite needs: how to stand up each simulator, the
+target settings that reach it, credentials that must fail, and the minimum write calls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.simulators.base import Simulator
+from reconciler.simulators.nebula_pass import NebulaPassSimulator
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Harness:
+    kind: str
+    simulator: Callable[[], Simulator]
+    #: Target settings (besides url) that log in to the simulator.
+    settings: Mapping[str, Any]
+    #: Overrides that must be refused, with the secret they carry; None: the kind has no login.
+    wrong_credentials: Mapping[str, Any] | None
+    #: The secret values of `settings`, which must never appear in any output.
+    secrets: tuple[str, ...]
+    #: The fewest write calls the API allows for a first sync: (persons, with photos, departments).
+    first_sync_writes: Callable[[int, int, int], int]
+    #: The fewest write calls for deleting n persons.
+    delete_writes: Callable[[int], int]
+
+
+NEBULA = Harness(
+    kind="nebula_pass",
+    simulator=lambda: NebulaPassSimulator(username="admin", password="nebula-pw-123"),
+    settings={"username": "admin", "password": "nebula-pw-123", "batch_size": 100},
+    wrong_credentials={"password": "not-the-password"},
+    secrets=("nebula-pw-123", "not-the-password"),
+    # One batch upsert per 100 persons, photos inline; the device has no departments.
+    first_sync_writes=lambda persons, photos, departments: math.ceil(persons / 100),
+    delete_writes=lambda persons: math.ceil(persons / 100),
+)
+
+HARNESSES: dict[str, Harness] = {h.kind: h for h in (NEBULA,)}

@@ -48,6 +48,8 @@ class TargetReport:
     applied: int = 0
     #: Applied changes by action (create, update, replace, delete).
     applied_by_action: dict[str, int] = field(default_factory=dict)
+    #: Applied department changes by action (kinds with departments).
+    departments_applied: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     #: Why the target was not applied at all (suspended, unobservable).
     skipped: str | None = None
@@ -132,9 +134,8 @@ async def _apply_departments(
     for outcome in outcomes:
         answered.add(outcome.change.department_id)
         if outcome.ok:
-            report.applied += 1
             action = outcome.change.action.value
-            report.applied_by_action[action] = report.applied_by_action.get(action, 0) + 1
+            report.departments_applied[action] = report.departments_applied.get(action, 0) + 1
             log.info("department.applied", target=name, **department_document(outcome.change))
         else:
             _department_failed(name, report, outcome.change, outcome.error or "failed")

@@ -10,6 +10,7 @@ from typing import Any
 
 from reconciler.simulators.base import Simulator
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from reconciler.simulators.sophon_sight import SophonSightSimulator
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,4 +40,15 @@ NEBULA = Harness(
     delete_writes=lambda persons: math.ceil(persons / 100),
 )
 
-HARNESSES: dict[str, Harness] = {h.kind: h for h in (NEBULA,)}
+SIGHT = Harness(
+    kind="sophon_sight",
+    simulator=lambda: SophonSightSimulator(appkey="ak-1", secret="sight-secret-123"),
+    settings={"appkey": "ak-1", "secret": "sight-secret-123"},
+    wrong_credentials={"secret": "not-the-secret"},
+    secrets=("sight-secret-123", "not-the-secret"),
+    # One addOrEdit per person (no batch), one upload per photo, one addOrEdit per department.
+    first_sync_writes=lambda persons, photos, departments: persons + photos + departments,
+    delete_writes=lambda persons: math.ceil(persons / 50),
+)
+
+HARNESSES: dict[str, Harness] = {h.kind: h for h in (NEBULA, SIGHT)}

@@ -26,6 +26,7 @@ from reconciler.errors import ConfigError
 from reconciler.settings import Settings
 from reconciler.simulators.base import Served, Simulator, serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from reconciler.simulators.sophon_fog import SophonFogSimulator
 from reconciler.simulators.sophon_sight import SophonSightSimulator
 
 EXAMPLE = Path("desired.example.yaml")
@@ -45,6 +46,7 @@ SIMULATORS: dict[str, KindSimulator] = {
         build=lambda c: NebulaPassSimulator(username=c["username"], password=c["password"]),
         credentials={"username": "admin", "password": "admin123"},
     ),
+    "sophon_fog": KindSimulator(build=lambda c: SophonFogSimulator(), credentials={}),
     "sophon_sight": KindSimulator(
         build=lambda c: SophonSightSimulator(appkey=c["appkey"], secret=c["secret"]),
         credentials={"appkey": "7ea24d0a", "secret": "sophon-sim-secret"},

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.core.records import KindSpec
-from reconciler.targets import nebula_pass, sophon_sight
+from reconciler.targets import nebula_pass, sophon_fog, sophon_sight
 from reconciler.targets.base import Target, TargetSettings
 from reconciler.targets.http import Backoff
 
@@ -25,6 +25,11 @@ def _nebula_pass(name: str, settings: TargetSettings, backoff: Backoff | None) -
     return nebula_pass.NebulaPass(name, settings, backoff=backoff)
 
 
+def _sophon_fog(name: str, settings: TargetSettings, backoff: Backoff | None) -> Target:
+    assert isinstance(settings, sophon_fog.Settings)
+    return sophon_fog.SophonFog(name, settings, backoff=backoff)
+
+
 def _sophon_sight(name: str, settings: TargetSettings, backoff: Backoff | None) -> Target:
     assert isinstance(settings, sophon_sight.Settings)
     return sophon_sight.SophonSight(name, settings, backoff=backoff)
@@ -33,6 +38,9 @@ def _sophon_sight(name: str, settings: TargetSettings, backoff: Backoff | None) 
 KINDS: dict[str, KindEntry] = {
     nebula_pass.NAME: KindEntry(
         spec=nebula_pass.KIND, settings=nebula_pass.Settings, build=_nebula_pass
+    ),
+    sophon_fog.NAME: KindEntry(
+        spec=sophon_fog.KIND, settings=sophon_fog.Settings, build=_sophon_fog
     ),
     sophon_sight.NAME: KindEntry(
         spec=sophon_sight.KIND, settings=sophon_sight.Settings, build=_sophon_sight

@@ -9,6 +9,7 @@ here, once, into TemporaryTargetError / PermanentTargetError. Network I/O.
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -205,16 +206,17 @@ class Client:
         send_headers = {"Content-Type": "application/json"} if isinstance(body, bytes) else {}
         if headers:
             send_headers.update(headers)
-        payload_body: bytes | aiohttp.FormData | None
-        if isinstance(body, tuple):
+        payload_body: io.BytesIO | aiohttp.FormData | None = None
+        if isinstance(body, bytes):
+            # A file-like body: aiohttp warns about large raw bytes (photos make megabytes).
+            payload_body = io.BytesIO(body)
+        elif isinstance(body, tuple):
             # A FormData is consumed by sending it: each attempt builds its own.
             payload_body = aiohttp.FormData()
             for part in body:
                 payload_body.add_field(
                     part.name, part.content, filename=part.filename, content_type=part.content_type
                 )
-        else:
-            payload_body = body
         async with self._concurrency:
             await self._wait_for_pause()
             if self._limiter is not None:

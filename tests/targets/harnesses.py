@@ -10,6 +10,7 @@ from typing import Any
 
 from reconciler.simulators.base import Simulator
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from reconciler.simulators.sophon_fog import SophonFogSimulator
 from reconciler.simulators.sophon_sight import SophonSightSimulator
 
 
@@ -40,6 +41,17 @@ NEBULA = Harness(
     delete_writes=lambda persons: math.ceil(persons / 100),
 )
 
+FOG = Harness(
+    kind="sophon_fog",
+    simulator=SophonFogSimulator,
+    settings={},
+    wrong_credentials=None,  # the box's API has no login at all (vendors.md §1)
+    secrets=(),
+    # One POST per person (no batch create), photos inline; no departments.
+    first_sync_writes=lambda persons, photos, departments: persons,
+    delete_writes=lambda persons: math.ceil(persons / 50),
+)
+
 SIGHT = Harness(
     kind="sophon_sight",
     simulator=lambda: SophonSightSimulator(appkey="ak-1", secret="sight-secret-123"),
@@ -51,4 +63,4 @@ SIGHT = Harness(
     delete_writes=lambda persons: math.ceil(persons / 50),
 )
 
-HARNESSES: dict[str, Harness] = {h.kind: h for h in (NEBULA, SIGHT)}
+HARNESSES: dict[str, Harness] = {h.kind: h for h in (NEBULA, FOG, SIGHT)}

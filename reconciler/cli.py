@@ -440,6 +440,9 @@ def summary_line(plan: Plan) -> str:
             f"Plan: {counts['create']} to create, {counts['update']} to update, "
             f"{counts['replace']} to replace, {counts['delete']} to delete."
         )
+    departments = sum(len(t.departments) for t in plan.targets.values())
+    if departments:
+        text += f" {departments} department change{'s' if departments != 1 else ''}."
     held = sum(len(t.held) for t in plan.targets.values())
     if held:
         text += f" {held} deletes held by a safety guard."

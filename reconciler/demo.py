@@ -26,6 +26,7 @@ from reconciler.errors import ConfigError
 from reconciler.settings import Settings
 from reconciler.simulators.base import Served, Simulator, serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from reconciler.simulators.siteserver import SiteServerSimulator
 from reconciler.simulators.sophon_fog import SophonFogSimulator
 from reconciler.simulators.sophon_sight import SophonSightSimulator
 
@@ -45,6 +46,10 @@ SIMULATORS: dict[str, KindSimulator] = {
     "nebula_pass": KindSimulator(
         build=lambda c: NebulaPassSimulator(username=c["username"], password=c["password"]),
         credentials={"username": "admin", "password": "admin123"},
+    ),
+    "siteserver": KindSimulator(
+        build=lambda c: SiteServerSimulator(api_key=c["api_key"]),
+        credentials={"api_key": "sim-api-key-0001"},
     ),
     "sophon_fog": KindSimulator(build=lambda c: SophonFogSimulator(), credentials={}),
     "sophon_sight": KindSimulator(
@@ -77,7 +82,8 @@ class DemoEnvironment(Mapping[str, str]):
         self._real = real
 
     def __getitem__(self, key: str) -> str:
-        return self._real.get(key, f"demo-{key.lower()}")
+        # Letters and a digit: a placeholder password must pass a CMS's password rules.
+        return self._real.get(key, f"demo-{key.lower()}-0")
 
     def __contains__(self, key: object) -> bool:
         return True

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from reconciler import app
 from reconciler.errors import DesiredError
+from reconciler.sources.document import Kind
+from reconciler.targets import KINDS
 
 HEADER = "version: 1\ntargets:\n  lobby:\n    kind: {kind}\n"
 GOOD = "    url: https://10.0.0.21:8000\n    username: admin\n    password: ${PW}\n"
@@ -60,17 +63,33 @@ def test_target_settings_errors(tmp_path: Path, body: str, expected: str) -> Non
     assert problems(tmp_path, body) == [expected]
 
 
-def test_a_kind_not_available_yet_says_so(tmp_path: Path) -> None:
-    (text,) = problems(tmp_path, "    url: http://10.0.0.30:5555\n", kind="sophon_fog")
-    assert "kind sophon_fog is not available in this version (available: nebula_pass)" in text
+def test_every_kind_the_file_format_names_is_available() -> None:
+    assert set(KINDS) == set(get_args(Kind))
+
+
+def test_an_unknown_kind_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    (text,) = problems(tmp_path, "    url: http://10.0.0.30:5555\n", kind="hikvision")
+    assert text.startswith("desired.yaml:4:11: ")
+    assert "nebula_pass" in text
 
 
 def test_the_example_file_is_valid() -> None:
     root = Path(__file__).resolve().parents[1]
-    validated = app.validate(
-        root / "desired.example.yaml", env={"LOBBY_PASSWORD": "a", "KIOSK_PASSWORD": "b"}
-    )
-    assert set(validated.targets) == {"lobby-terminal", "visitor-kiosk"}
+    env = {
+        "LOBBY_PASSWORD": "a",
+        "KIOSK_PASSWORD": "b",
+        "SIGHT_SECRET": "c",
+        "CMS_API_KEY": "d",
+        "CMS_INITIAL_PASSWORD": "e",
+    }
+    validated = app.validate(root / "desired.example.yaml", env=env)
+    assert {name: t.kind for name, t in validated.loaded.targets.items()} == {
+        "lobby-terminal": "nebula_pass",
+        "visitor-kiosk": "nebula_pass",
+        "fog-box": "sophon_fog",
+        "platform": "sophon_sight",
+        "cms": "siteserver",
+    }
     assert len(validated.loaded.desired.persons) == 5
     assert all(
         p.photo is None or Path(p.photo.path).is_file()

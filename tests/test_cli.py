@@ -296,7 +296,13 @@ async def test_demo_converges(tmp_path: Path) -> None:
     site.root = tmp_path
     run = await site.run("demo")
     assert run.code == 0, run.err
-    assert "Plan: 5 to create" in run.out
+    # Four kinds: two terminals, a face box, the platform (with 3 departments) and the CMS.
+    assert (
+        "Plan: 16 to create, 0 to update, 0 to replace, 0 to delete. 3 department changes."
+        in run.out
+    )
+    for kind in ("nebula_pass", "sophon_fog", "sophon_sight", "siteserver"):
+        assert f"({kind})" in run.out
     assert run.out.rstrip().count("No changes.") == 1
     assert "type vip is not supported" in run.out
     assert "foreign" in run.out

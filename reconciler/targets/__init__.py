@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.core.records import KindSpec
-from reconciler.targets import nebula_pass, sophon_fog, sophon_sight
+from reconciler.targets import nebula_pass, siteserver, sophon_fog, sophon_sight
 from reconciler.targets.base import Target, TargetSettings
 from reconciler.targets.http import Backoff
 
@@ -35,9 +35,17 @@ def _sophon_sight(name: str, settings: TargetSettings, backoff: Backoff | None) 
     return sophon_sight.SophonSight(name, settings, backoff=backoff)
 
 
+def _siteserver(name: str, settings: TargetSettings, backoff: Backoff | None) -> Target:
+    assert isinstance(settings, siteserver.Settings)
+    return siteserver.SiteServer(name, settings, backoff=backoff)
+
+
 KINDS: dict[str, KindEntry] = {
     nebula_pass.NAME: KindEntry(
         spec=nebula_pass.KIND, settings=nebula_pass.Settings, build=_nebula_pass
+    ),
+    siteserver.NAME: KindEntry(
+        spec=siteserver.KIND, settings=siteserver.Settings, build=_siteserver
     ),
     sophon_fog.NAME: KindEntry(
         spec=sophon_fog.KIND, settings=sophon_fog.Settings, build=_sophon_fog

@@ -215,7 +215,10 @@ class Client:
             payload_body = aiohttp.FormData()
             for part in body:
                 payload_body.add_field(
-                    part.name, part.content, filename=part.filename, content_type=part.content_type
+                    part.name,
+                    io.BytesIO(part.content),
+                    filename=part.filename,
+                    content_type=part.content_type,
                 )
         async with self._concurrency:
             await self._wait_for_pause()

@@ -10,12 +10,15 @@ from typing import Any
 
 from reconciler.simulators.base import Simulator
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from reconciler.simulators.siteserver import ApiVersion, SiteServerSimulator
 from reconciler.simulators.sophon_fog import SophonFogSimulator
 from reconciler.simulators.sophon_sight import SophonSightSimulator
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Harness:
+    #: What the suite calls this variant (a kind, or a kind and its API version).
+    label: str
     kind: str
     simulator: Callable[[], Simulator]
     #: Target settings (besides url) that log in to the simulator.
@@ -31,6 +34,7 @@ class Harness:
 
 
 NEBULA = Harness(
+    label="nebula_pass",
     kind="nebula_pass",
     simulator=lambda: NebulaPassSimulator(username="admin", password="nebula-pw-123"),
     settings={"username": "admin", "password": "nebula-pw-123", "batch_size": 100},
@@ -42,6 +46,7 @@ NEBULA = Harness(
 )
 
 FOG = Harness(
+    label="sophon_fog",
     kind="sophon_fog",
     simulator=SophonFogSimulator,
     settings={},
@@ -53,6 +58,7 @@ FOG = Harness(
 )
 
 SIGHT = Harness(
+    label="sophon_sight",
     kind="sophon_sight",
     simulator=lambda: SophonSightSimulator(appkey="ak-1", secret="sight-secret-123"),
     settings={"appkey": "ak-1", "secret": "sight-secret-123"},
@@ -63,4 +69,21 @@ SIGHT = Harness(
     delete_writes=lambda persons: math.ceil(persons / 50),
 )
 
-HARNESSES: dict[str, Harness] = {h.kind: h for h in (NEBULA, FOG, SIGHT)}
+
+def _siteserver(version: ApiVersion) -> Harness:
+    return Harness(
+        label=f"siteserver-{version}",
+        kind="siteserver",
+        simulator=lambda: SiteServerSimulator(api_version=version, api_key="cms-key-123"),
+        settings={"api_key": "cms-key-123", "api_version": version, "initial_password": "Pw0rd-x"},
+        wrong_credentials={"api_key": "not-the-key"},
+        secrets=("cms-key-123", "not-the-key", "Pw0rd-x"),
+        # One POST per user (no batch), one avatar upload per photo; no departments.
+        first_sync_writes=lambda persons, photos, departments: persons + photos,
+        delete_writes=lambda persons: persons,
+    )
+
+
+HARNESSES: dict[str, Harness] = {
+    h.label: h for h in (NEBULA, FOG, SIGHT, _siteserver(6), _siteserver(7))
+}

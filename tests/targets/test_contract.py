@@ -3,6 +3,7 @@ planner, executor and store. What differs per kind lives in harnesses.py."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -246,3 +247,18 @@ async def test_a_malformed_response_is_a_target_error_not_a_crash(rig: Rig) -> N
     # Nothing was confirmed, so the next pass sends it again and converges.
     await rig.sync(target, desired(person("1")))
     assert set(rig.simulator.person_names()) == {"1"}
+
+
+async def test_a_photo_of_megabytes_is_sent_whole(rig: Rig, tmp_path: Path) -> None:
+    data = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 6000  # 1.5 MB: real cameras make these
+    path = tmp_path / "large.jpg"
+    path.write_bytes(data)
+    photo = Photo(
+        path=str(path),
+        digest="sha256:" + hashlib.sha256(data).hexdigest(),
+        media_type="image/jpeg",
+        size=len(data),
+    )
+    target = rig.target()
+    await rig.sync(target, desired(person("1001", photo=photo)))
+    assert rig.simulator.photo_of("1001") == data

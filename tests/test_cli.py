@@ -12,7 +12,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from reconciler.simulators.base import serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from reconciler.simulators.siteserver import SiteServerSimulator
+from reconciler.simulators.sophon_fog import SophonFogSimulator
+from reconciler.simulators.sophon_sight import SophonSightSimulator
 from tests.conftest import JPEG
 
 PASSWORD = "s3cret-lobby-pw"
@@ -34,6 +38,8 @@ class Site:
     def __init__(self, root: Path, url: str) -> None:
         self.root = root
         self.url = url
+        #: More environment for the command: the other kinds' secrets.
+        self.env: dict[str, str] = {}
         (root / "photos").mkdir()
         (root / "photos" / "1001.jpg").write_bytes(JPEG + b"1001")
         (root / "photos" / "1001b.jpg").write_bytes(JPEG + b"1001b")
@@ -61,6 +67,7 @@ persons:
             "LOBBY_PASSWORD": PASSWORD,
             "RECONCILER_STATE_DIR": str(self.root / "state"),
             "RECONCILER_LOG_FORMAT": "json",
+            **self.env,
         }
         env.pop("RECONCILER_DESIRED", None)
         process = await asyncio.create_subprocess_exec(
@@ -275,6 +282,58 @@ async def test_secrets_and_sensitive_values_appear_nowhere(
     assert_no_secrets(*texts)
     for text in texts:
         assert "8642" not in text
+
+
+async def test_every_kind_end_to_end_without_a_secret_anywhere(site: Site) -> None:
+    """All four kinds through the real CLI: converge, then grep every output and file."""
+    secrets = {
+        "SIGHT_SECRET": "sight-secret-5521",
+        "CMS_API_KEY": "cms-key-7781",
+        "CMS_PASSWORD": "Initial-pw-4409",
+    }
+    site.env = secrets
+    fog = SophonFogSimulator()
+    sight = SophonSightSimulator(appkey="ak", secret=secrets["SIGHT_SECRET"])
+    cms = SiteServerSimulator(api_key=secrets["CMS_API_KEY"])
+    async with await serve(fog) as f, await serve(sight) as p, await serve(cms) as c:
+        targets = f"""  fog:
+    kind: sophon_fog
+    url: {f.url}
+    rate_limit: null
+  platform:
+    kind: sophon_sight
+    url: {p.url}
+    appkey: ak
+    secret: ${{SIGHT_SECRET}}
+    default_department: HQ
+    rate_limit: null
+  cms:
+    kind: siteserver
+    url: {c.url}
+    api_key: ${{CMS_API_KEY}}
+    initial_password: ${{CMS_PASSWORD}}
+    rate_limit: null
+departments:
+  - {{id: HQ, name: Headquarters}}"""
+        site.write(
+            PERSONS.replace("type: visitor", "email: lisi@example.com"), extra_target=targets
+        )
+        outputs = [await site.run("apply", "--yes")]
+        assert outputs[0].code == 0, outputs[0].out + outputs[0].err
+        outputs.append(await site.run("plan", "--detailed-exitcode", "--out", "state/plan.json"))
+        assert outputs[1].code == 0, outputs[1].out
+        assert "No changes." in outputs[1].out
+
+    assert set(fog.person_names()) == set(sight.person_names()) == {"1001", "1002"}
+    assert set(cms.person_names()) == {"1001", "1002"}
+    texts = [t for run in outputs for t in (run.out, run.err)]
+    texts += [
+        p.read_bytes().decode("latin-1") for p in (site.root / "state").rglob("*") if p.is_file()
+    ]
+    assert_no_secrets(*texts)
+    for text in texts:
+        for secret in secrets.values():
+            assert secret not in text, f"{secret!r} leaked"
 
 
 async def test_usage_errors_exit_64(site: Site) -> None:

@@ -353,6 +353,7 @@ async def test_demo_converges(tmp_path: Path) -> None:
     shutil.copytree(root / "deploy" / "demo", tmp_path / "deploy" / "demo")
     site = Site.__new__(Site)
     site.root = tmp_path
+    site.env = {}
     run = await site.run("demo")
     assert run.code == 0, run.err
     # Four kinds: two terminals, a face box, the platform (with 3 departments) and the CMS.

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import orjson
@@ -30,7 +30,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from reconciler.core.planning import TargetSpec
+from reconciler.core.records import KindSpec, Render
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
+from reconciler.targets.base import TargetSettings
+
+_Settings = TypeVar("_Settings", bound=TargetSettings)
 
 #: Statuses worth retrying: the request may succeed unchanged later.
 TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -277,3 +282,53 @@ class Client:
         delay = self._paused_until - asyncio.get_running_loop().time()
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+class HttpTarget(Generic[_Settings]):
+    """What every adapter shares: its settings, its planning spec, and one Client to talk with."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: _Settings,
+        *,
+        kind: KindSpec,
+        render: Render,
+        backoff: Backoff | None = None,
+        resync_every: float | None = None,
+    ) -> None:
+        self._settings = settings
+        self._spec = TargetSpec(
+            name=name,
+            kind=kind,
+            render=render,
+            select=settings.select.to_core(),
+            prune=settings.prune,
+            suspended=settings.suspended,
+            resync_every=resync_every,
+        )
+        self.client = Client(
+            name,
+            settings.url,
+            timeout=settings.timeout,
+            concurrency=settings.concurrency,
+            rate_limit=settings.rate_limit,
+            tls_verify=settings.tls_verify,
+            ca_file=settings.ca_file,
+            backoff=backoff,
+        )
+
+    @property
+    def spec(self) -> TargetSpec:
+        return self._spec
+
+    @property
+    def settings(self) -> _Settings:
+        return self._settings
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

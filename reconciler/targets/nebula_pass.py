@@ -22,11 +22,11 @@ from pydantic import Field, SecretStr
 
 from reconciler.core.changes import Action, Change
 from reconciler.core.persons import Person, PersonType
-from reconciler.core.planning import Observed, ObservedPerson, TargetSpec
+from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
 from reconciler.targets.base import Outcome, TargetSettings, bounded, chunks
-from reconciler.targets.http import Backoff, Client, Response
+from reconciler.targets.http import Backoff, HttpTarget, Response
 
 NAME = "nebula_pass"
 #: The listing's documented maximum page size.
@@ -150,47 +150,20 @@ def observed_record(user: Any, target: str) -> tuple[str, Record]:
     return str(user["user_id"]), record
 
 
-class NebulaPass:
+class NebulaPass(HttpTarget[Settings]):
     """A SenseNebula Pass terminal."""
 
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
-        self._settings = settings
-        self._spec = TargetSpec(
-            name=name,
+        super().__init__(
+            name,
+            settings,
             kind=KIND,
             render=lambda person: render(person, settings),
-            select=settings.select.to_core(),
-            prune=settings.prune,
-            suspended=settings.suspended,
-        )
-        self.client = Client(
-            name,
-            settings.url,
-            timeout=settings.timeout,
-            concurrency=settings.concurrency,
-            rate_limit=settings.rate_limit,
-            tls_verify=settings.tls_verify,
-            ca_file=settings.ca_file,
             backoff=backoff,
         )
         self._token: str | None = None
         self._token_expires = 0.0
         self._login_lock = asyncio.Lock()
-
-    @property
-    def spec(self) -> TargetSpec:
-        return self._spec
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
-    @property
-    def name(self) -> str:
-        return self._spec.name
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
     # -- protocol ---------------------------------------------------------------------------
 

@@ -22,11 +22,11 @@ from pydantic import Field, SecretStr, field_validator
 
 from reconciler.core.changes import Action, Change
 from reconciler.core.persons import Person, Photo
-from reconciler.core.planning import Observed, ObservedPerson, TargetSpec
+from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
 from reconciler.targets.base import Outcome, TargetSettings, bounded
-from reconciler.targets.http import Backoff, Client, Part, Response, excerpt
+from reconciler.targets.http import Backoff, HttpTarget, Part, Response, excerpt
 
 NAME = "siteserver"
 USERS = "/api/v1/users"
@@ -153,7 +153,7 @@ class _Unreadable(Exception):
     """A photo file could not be read."""
 
 
-class SiteServer:
+class SiteServer(HttpTarget[Settings]):
     """A SiteServer CMS 6.x or SSCMS 7.x user base.
 
     Choices on undocumented or version-dependent behaviour [I]:
@@ -185,23 +185,11 @@ class SiteServer:
     """
 
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
-        self._settings = settings
-        self._spec = TargetSpec(
-            name=name,
+        super().__init__(
+            name,
+            settings,
             kind=KIND,
             render=lambda person: render(person, settings),
-            select=settings.select.to_core(),
-            prune=settings.prune,
-            suspended=settings.suspended,
-        )
-        self.client = Client(
-            name,
-            settings.url,
-            timeout=settings.timeout,
-            concurrency=settings.concurrency,
-            rate_limit=settings.rate_limit,
-            tls_verify=settings.tls_verify,
-            ca_file=settings.ca_file,
             backoff=backoff,
         )
         self._v6 = settings.api_version == 6
@@ -213,21 +201,6 @@ class SiteServer:
         self._list_lock = asyncio.Lock()
         #: Why the CMS refuses every registration, once it said so during this apply().
         self._refused: str | None = None
-
-    @property
-    def spec(self) -> TargetSpec:
-        return self._spec
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
-    @property
-    def name(self) -> str:
-        return self._spec.name
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
     # -- protocol ---------------------------------------------------------------------------
 

@@ -45,11 +45,11 @@ from pydantic import Field, field_validator
 
 from reconciler.core.changes import Action, Change
 from reconciler.core.persons import Person, PersonType
-from reconciler.core.planning import Observed, ObservedPerson, TargetSpec
+from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
 from reconciler.targets.base import Outcome, TargetSettings, bounded, chunks
-from reconciler.targets.http import Backoff, Client, Response, excerpt
+from reconciler.targets.http import Backoff, HttpTarget, Response, excerpt
 
 NAME = "sophon_fog"
 USERS = "/SophonFogSys/api/users"
@@ -217,44 +217,17 @@ class _Page:
     total: int | None
 
 
-class SophonFog:
+class SophonFog(HttpTarget[Settings]):
     """A SophonFogSys face box."""
 
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
-        self._settings = settings
-        self._spec = TargetSpec(
-            name=name,
+        super().__init__(
+            name,
+            settings,
             kind=KIND,
             render=lambda person: render(person, settings),
-            select=settings.select.to_core(),
-            prune=settings.prune,
-            suspended=settings.suspended,
-        )
-        self.client = Client(
-            name,
-            settings.url,
-            timeout=settings.timeout,
-            concurrency=settings.concurrency,
-            rate_limit=settings.rate_limit,
-            tls_verify=settings.tls_verify,
-            ca_file=settings.ca_file,
             backoff=backoff,
         )
-
-    @property
-    def spec(self) -> TargetSpec:
-        return self._spec
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
-    @property
-    def name(self) -> str:
-        return self._spec.name
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
     # -- protocol ---------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from reconciler.core.changes import Action, Change, DepartmentChange
 from reconciler.core.persons import Person, PersonType, Photo
-from reconciler.core.planning import Observed, TargetSpec
+from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid, KindSpec, Record
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
 from reconciler.targets.base import (
@@ -49,7 +49,7 @@ from reconciler.targets.base import (
     bounded,
     chunks,
 )
-from reconciler.targets.http import Backoff, Client, Response, excerpt
+from reconciler.targets.http import Backoff, HttpTarget, Response, excerpt
 
 NAME = "sophon_sight"
 PREFIX = "/openapi/v1"
@@ -179,7 +179,7 @@ class _Stopped(PermanentTargetError):
     """Every request would be refused (credentials, clock): the whole target stops."""
 
 
-class SophonSight:
+class SophonSight(HttpTarget[Settings]):
     """A SophonSight management platform."""
 
     def __init__(
@@ -190,43 +190,16 @@ class SophonSight:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._settings = settings
-        self._spec = TargetSpec(
-            name=name,
+        super().__init__(
+            name,
+            settings,
             kind=KIND,
             render=lambda person: render(person, settings, target=name),
-            select=settings.select.to_core(),
-            prune=settings.prune,
-            suspended=settings.suspended,
-            resync_every=settings.resync_every.total_seconds(),
-        )
-        self.client = Client(
-            name,
-            settings.url,
-            timeout=settings.timeout,
-            concurrency=settings.concurrency,
-            rate_limit=settings.rate_limit,
-            tls_verify=settings.tls_verify,
-            ca_file=settings.ca_file,
             backoff=backoff,
+            resync_every=settings.resync_every.total_seconds(),
         )
         #: Epoch seconds for the `time` field; the platform may check it for freshness.
         self._clock = clock
-
-    @property
-    def spec(self) -> TargetSpec:
-        return self._spec
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
-    @property
-    def name(self) -> str:
-        return self._spec.name
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
     # -- protocol ---------------------------------------------------------------------------
 

@@ -12,20 +12,18 @@ from typing import Any
 import pytest
 import trustme
 
-from reconciler.core import planning
-from reconciler.core.changes import Action, TargetPlan
+from reconciler.core.changes import Action
 from reconciler.core.persons import Desired, Person, PersonType, Photo
-from reconciler.core.planning import LedgerEntry, Observed
-from reconciler.core.records import Hasher, Invalid
+from reconciler.core.planning import Observed
+from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
 from reconciler.simulators.base import serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.targets import nebula_pass
-from reconciler.targets.base import Outcome
 from reconciler.targets.http import Backoff
 from reconciler.targets.nebula_pass import NebulaPass
+from tests.targets.sync import Sync
 
-HASHER = Hasher(b"t" * 32)
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 
 MakeTarget = Callable[..., NebulaPass]
@@ -59,42 +57,6 @@ def person(pid: str, **fields: Any) -> Person:
 
 def desired(*persons: Person) -> Desired:
     return Desired(persons={p.id: p for p in sorted(persons, key=lambda p: p.id)})
-
-
-class Sync:
-    """Plan and apply like the executor does, keeping the ledger in memory."""
-
-    def __init__(self, target: NebulaPass) -> None:
-        self.target = target
-        self.ledger: dict[str, LedgerEntry] = {}
-
-    async def plan(self, wanted: Desired) -> TargetPlan:
-        observed = await self.target.observe()
-        return planning.compute(wanted, self.target.spec, observed, self.ledger, HASHER)
-
-    async def apply(self, plan: TargetPlan) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for change in plan.changes:
-            if change.action is Action.CREATE:
-                self.ledger.setdefault(change.person_id, LedgerEntry(person_id=change.person_id))
-        async for batch in self.target.apply(plan.changes):
-            for outcome in batch:
-                outcomes.append(outcome)
-                change = outcome.change
-                if not outcome.ok:
-                    continue
-                if change.action is Action.DELETE:
-                    self.ledger.pop(change.person_id, None)
-                else:
-                    self.ledger[change.person_id] = LedgerEntry(
-                        person_id=change.person_id,
-                        fingerprint=change.fingerprint,
-                        written=change.written,
-                    )
-        return outcomes
-
-    async def converge(self, wanted: Desired) -> list[Outcome]:
-        return await self.apply(await self.plan(wanted))
 
 
 async def test_observe_an_empty_device(make_target: MakeTarget) -> None:

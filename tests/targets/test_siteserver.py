@@ -13,11 +13,10 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
-from reconciler.core import planning
-from reconciler.core.changes import Action, TargetPlan
+from reconciler.core.changes import Action
 from reconciler.core.persons import Desired, Person, Photo
-from reconciler.core.planning import LedgerEntry, Observed
-from reconciler.core.records import Hasher, Invalid
+from reconciler.core.planning import Observed
+from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
 from reconciler.simulators.base import serve
 from reconciler.simulators.siteserver import SiteServerSimulator
@@ -25,8 +24,8 @@ from reconciler.targets import siteserver
 from reconciler.targets.base import Outcome
 from reconciler.targets.http import Backoff
 from reconciler.targets.siteserver import SiteServer
+from tests.targets.sync import Sync
 
-HASHER = Hasher(b"t" * 32)
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 API_KEY = "cms-key-7d1e0c"
 PASSWORD = "Sup3r-Secret-Pw"
@@ -79,43 +78,6 @@ def person(pid: str, **fields: Any) -> Person:
 
 def desired(*persons: Person) -> Desired:
     return Desired(persons={p.id: p for p in sorted(persons, key=lambda p: p.id)})
-
-
-class Sync:
-    """Plan and apply like the executor does, keeping the ledger (with remote ids) in memory."""
-
-    def __init__(self, target: SiteServer) -> None:
-        self.target = target
-        self.ledger: dict[str, LedgerEntry] = {}
-
-    async def plan(self, wanted: Desired) -> TargetPlan:
-        observed = await self.target.observe()
-        return planning.compute(wanted, self.target.spec, observed, self.ledger, HASHER)
-
-    async def apply(self, plan: TargetPlan, target: SiteServer | None = None) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for change in plan.changes:
-            if change.action is Action.CREATE:
-                self.ledger.setdefault(change.person_id, LedgerEntry(person_id=change.person_id))
-        async for batch in (target or self.target).apply(plan.changes):
-            for outcome in batch:
-                outcomes.append(outcome)
-                change = outcome.change
-                if not outcome.ok:
-                    continue
-                if change.action is Action.DELETE:
-                    self.ledger.pop(change.person_id, None)
-                else:
-                    self.ledger[change.person_id] = LedgerEntry(
-                        person_id=change.person_id,
-                        remote_id=outcome.remote_id or change.remote_id,
-                        fingerprint=change.fingerprint,
-                        written=change.written,
-                    )
-        return outcomes
-
-    async def converge(self, wanted: Desired) -> list[Outcome]:
-        return await self.apply(await self.plan(wanted))
 
 
 def user_id(sim: SiteServerSimulator, name: str) -> int:

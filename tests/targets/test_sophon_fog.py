@@ -13,19 +13,18 @@ import pytest
 from aiohttp import web
 
 from reconciler.core import planning
-from reconciler.core.changes import Action, Reason, TargetPlan
+from reconciler.core.changes import Action, Reason
 from reconciler.core.persons import Desired, Person, PersonType, Photo
-from reconciler.core.planning import LedgerEntry, Observed
-from reconciler.core.records import Hasher, Invalid
+from reconciler.core.planning import Observed
+from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
 from reconciler.simulators.base import Served, serve
 from reconciler.simulators.sophon_fog import USERS, SophonFogSimulator
 from reconciler.targets import sophon_fog
-from reconciler.targets.base import Outcome
 from reconciler.targets.http import Backoff
 from reconciler.targets.sophon_fog import SophonFog
+from tests.targets.sync import HASHER, Sync
 
-HASHER = Hasher(b"t" * 32)
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 
 MakeTarget = Callable[..., SophonFog]
@@ -72,48 +71,6 @@ def desired(*persons: Person) -> Desired:
 
 def data(photo: Photo) -> bytes:
     return Path(photo.path).read_bytes()
-
-
-class Sync:
-    """Plan and apply like the executor does, keeping the ledger in memory."""
-
-    def __init__(self, target: SophonFog) -> None:
-        self.target = target
-        self.ledger: dict[str, LedgerEntry] = {}
-
-    async def plan(self, wanted: Desired) -> TargetPlan:
-        observed = await self.target.observe()
-        return planning.compute(wanted, self.target.spec, observed, self.ledger, HASHER)
-
-    async def apply(self, plan: TargetPlan) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for change in plan.changes:
-            if change.action is Action.CREATE:
-                self.ledger.setdefault(change.person_id, LedgerEntry(person_id=change.person_id))
-        async for batch in self.target.apply(plan.changes):
-            for outcome in batch:
-                outcomes.append(outcome)
-                change = outcome.change
-                if not outcome.ok:
-                    continue
-                if change.action is Action.DELETE:
-                    self.ledger.pop(change.person_id, None)
-                else:
-                    self.ledger[change.person_id] = LedgerEntry(
-                        person_id=change.person_id,
-                        fingerprint=change.fingerprint,
-                        written=change.written,
-                    )
-        # Persons complete in any order under concurrency: tests compare them by id.
-        return sorted(
-            outcomes, key=lambda o: (o.change.action != Action.DELETE, o.change.person_id)
-        )
-
-    async def converge(self, wanted: Desired) -> list[Outcome]:
-        return await self.apply(await self.plan(wanted))
-
-
-# -- the contract ------------------------------------------------------------------------------
 
 
 async def test_observe_an_empty_box(make_target: MakeTarget, box: SophonFogSimulator) -> None:

@@ -14,20 +14,17 @@ from typing import Any
 import pydantic
 import pytest
 
-from reconciler.core import planning
-from reconciler.core.changes import Action, DepartmentChange, Reason, TargetPlan
+from reconciler.core.changes import Action, DepartmentChange, Reason
 from reconciler.core.persons import Department, Desired, Person, PersonType, Photo
-from reconciler.core.planning import DepartmentEntry, LedgerEntry
-from reconciler.core.records import Hasher, Invalid
+from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TargetError
 from reconciler.simulators.base import Served, serve
 from reconciler.simulators.sophon_sight import SophonSightSimulator
 from reconciler.targets import sophon_sight
-from reconciler.targets.base import DepartmentOutcome, Outcome
 from reconciler.targets.http import Backoff, Response
 from reconciler.targets.sophon_sight import SophonSight
+from tests.targets.sync import Sync
 
-HASHER = Hasher(b"t" * 32)
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 APPKEY, SECRET = "7ea24d0a", "platform-secret-xyz"
 DAY = 24 * 3600.0
@@ -91,78 +88,6 @@ def desired(*persons: Person, departments: tuple[Department, ...] = DEPARTMENTS)
     return Desired(
         persons={p.id: p for p in sorted(persons, key=lambda p: p.id)}, departments=departments
     )
-
-
-class Sync:
-    """Plan and apply like the executor does, keeping both ledgers in memory."""
-
-    def __init__(self, target: SophonSight) -> None:
-        self.target = target
-        self.ledger: dict[str, LedgerEntry] = {}
-        self.departments: dict[str, DepartmentEntry] = {}
-        self.department_outcomes: list[DepartmentOutcome] = []
-
-    async def plan(self, wanted: Desired, *, now: float | None = None) -> TargetPlan:
-        observed = await self.target.observe()
-        assert observed is None
-        return planning.compute(
-            wanted,
-            self.target.spec,
-            observed,
-            self.ledger,
-            HASHER,
-            departments=self.departments,
-            now=time.time() if now is None else now,
-        )
-
-    async def apply(self, plan: TargetPlan) -> list[Outcome]:
-        await self._departments([d for d in plan.departments if d.action is not Action.DELETE])
-        outcomes: list[Outcome] = []
-        for change in plan.changes:
-            if change.action is Action.CREATE:
-                self.ledger.setdefault(change.person_id, LedgerEntry(person_id=change.person_id))
-        async for batch in self.target.apply(plan.changes):
-            for outcome in batch:
-                outcomes.append(outcome)
-                change = outcome.change
-                if not outcome.ok:
-                    continue
-                if change.action is Action.DELETE:
-                    self.ledger.pop(change.person_id, None)
-                else:
-                    self.ledger[change.person_id] = LedgerEntry(
-                        person_id=change.person_id,
-                        remote_id=outcome.remote_id or change.remote_id,
-                        fingerprint=change.fingerprint,
-                        written=change.written,
-                        refs=outcome.refs if outcome.refs is not None else change.refs,
-                        applied_at=time.time(),
-                    )
-        await self._departments([d for d in plan.departments if d.action is Action.DELETE])
-        return outcomes
-
-    async def _departments(self, changes: list[DepartmentChange]) -> None:
-        if not changes:
-            return
-        outcomes = await self.target.apply_departments(changes)
-        assert [o.change for o in outcomes] == changes
-        self.department_outcomes.extend(outcomes)
-        for outcome in outcomes:
-            change = outcome.change
-            if not outcome.ok:
-                continue
-            if change.action is Action.DELETE:
-                self.departments.pop(change.department_id, None)
-            else:
-                self.departments[change.department_id] = DepartmentEntry(
-                    department_id=change.department_id,
-                    parent=change.parent,
-                    fingerprint=change.fingerprint,
-                    applied_at=time.time(),
-                )
-
-    async def converge(self, wanted: Desired) -> list[Outcome]:
-        return await self.apply(await self.plan(wanted))
 
 
 def routes(sim: SophonSightSimulator) -> list[str]:
@@ -237,7 +162,8 @@ async def test_a_first_sync_makes_the_minimum_of_write_calls(
 ) -> None:
     n = 7
     photo = photos["c.png"] if with_photos else None
-    sync = Sync(make_target())
+    target = make_target()
+    sync = Sync(target)
     outcomes = await sync.converge(desired(*(person(f"p{i}", photo=photo) for i in range(n))))
     assert len(outcomes) == n
     assert all(o.ok for o in outcomes)
@@ -248,7 +174,7 @@ async def test_a_first_sync_makes_the_minimum_of_write_calls(
     assert sim.log.count("POST", USER_EDIT) == n
     assert sim.log.count("POST", DEPT_EDIT) == departments
     assert len(sim.log.entries) == sim.log.writes()  # no reads at all
-    assert sync.target.client.sent == {"POST": departments + uploads + n}
+    assert target.client.sent == {"POST": departments + uploads + n}
 
 
 async def test_more_than_250_persons_then_deletes_go_in_chunks_of_50(

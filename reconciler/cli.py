@@ -1,4 +1,4 @@
-"""The command line (DESIGN A2): validate, schema, plan, apply, run, demo, simulate.
+"""The command line (DESIGN A2): validate, schema, plan, apply, adopt, run, demo, simulate.
 
 Renders plans as text (Terraform-like) or as the plan document, asks before applying on a
 terminal, and maps every ReconcilerError to one line on stderr and an exit code. Any other
@@ -170,6 +170,31 @@ def apply(
 
 @cli.command()
 @click.option(
+    "--target",
+    "adopt_targets",
+    multiple=True,
+    required=True,
+    help="Adopt on this target (repeatable).",
+)
+@click.option("--only", "adopt_only", multiple=True, help="Only this person id (repeatable).")
+@click.option("--yes", is_flag=True, help="Adopt without asking (required without a terminal).")
+@common
+def adopt(
+    options: Options, adopt_targets: tuple[str, ...], adopt_only: tuple[str, ...], yes: bool
+) -> int:
+    """Take persons already on a target, whose ids are desired, into reconciler's ownership.
+
+    Only the ledger changes. From then on they are kept in their desired state and, once
+    removed from it, deleted. Persons nobody declares stay foreign and untouched.
+    """
+    if not yes and not sys.stdin.isatty():
+        raise UsageError("adopt needs --yes when it is not run from a terminal")
+    only = frozenset(adopt_only) | (options.only or frozenset()) or None
+    return asyncio.run(_adopt(options, (*options.targets, *adopt_targets), only, yes=yes))
+
+
+@cli.command()
+@click.option(
     "--dry-run", is_flag=True, help="Shadow mode: plan and log every pass, apply nothing."
 )
 @click.option(
@@ -224,6 +249,44 @@ async def _plan(options: Options) -> Plan:
         options.settings, desired_path=options.file, targets=options.targets
     ) as app:
         return await cycle.plan(app, only=options.only)
+
+
+async def _adopt(
+    options: Options, targets: tuple[str, ...], only: frozenset[str] | None, *, yes: bool
+) -> int:
+    async with composition.open_app(
+        options.settings, desired_path=options.file, targets=targets
+    ) as app:
+        found = await cycle.adopt(app, only=only, commit=False)
+        for adoption in found:
+            click.echo(click.style(adoption.target, bold=True))
+            if adoption.error is not None:
+                click.echo(click.style(f"  ! {adoption.error}", fg="red"))
+                continue
+            for pid in adoption.adopted:
+                click.echo(click.style(f"  + {pid}  adopt", fg="green"))
+            if adoption.left:
+                click.echo(
+                    f"  {len(adoption.left)} foreign person(s) no desired person declares in "
+                    f"this target's scope, left alone: {', '.join(adoption.left[:10])}"
+                    + (" …" if len(adoption.left) > 10 else "")
+                )
+            if not adoption.adopted and not adoption.left:
+                click.echo("  nothing foreign")
+        count = sum(len(a.adopted) for a in found)
+        if not count:
+            click.echo("\nNothing to adopt.")
+            return ExitCode.ERROR if any(a.error for a in found) else ExitCode.OK
+        if not yes and not click.confirm(f"\nAdopt {count} person(s)?", default=False):
+            click.echo("Adoption cancelled; nothing was changed.", err=True)
+            return ExitCode.ERROR
+        done = await cycle.adopt(app, only=only)
+    adopted = sum(len(a.adopted) for a in done)
+    click.echo(
+        f"\nAdopted {adopted} person(s). `reconciler plan` now shows the updates that bring "
+        "them to their desired state."
+    )
+    return ExitCode.ERROR if any(a.error for a in done) else ExitCode.OK
 
 
 async def _apply(

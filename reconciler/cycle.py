@@ -140,3 +140,66 @@ async def apply(app: App, plan: Plan, *, stop: asyncio.Event | None = None) -> P
             summary={"planned": plan.summary(), "applied": report.applied, "failed": report.failed},
         )
     return report
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Adoption:
+    """What `adopt` found on one target."""
+
+    target: str
+    #: Foreign persons whose id a desired person in this target's scope declares: adopted.
+    adopted: tuple[str, ...] = ()
+    #: Foreign persons nobody declares (or outside the scope, or invalid here): left alone.
+    left: tuple[str, ...] = ()
+    #: Why nothing could be adopted (unobservable, a kind that cannot list).
+    error: str | None = None
+
+
+async def adopt(
+    app: App, *, only: Collection[str] | None = None, commit: bool = True
+) -> list[Adoption]:
+    """Take foreign persons whose ids are desired into the ledger, on explicit request.
+
+    Only the ledger changes: the next pass updates each adopted person to its desired state.
+    With commit=False, reports what would be adopted and changes nothing.
+    """
+    desired = app.desired.loaded.desired
+    found: list[Adoption] = []
+    async with app.store.writer():
+        for name in sorted(app.targets):
+            target = app.targets[name]
+            spec = target.spec
+            if not spec.kind.can_list:
+                found.append(
+                    Adoption(
+                        target=name,
+                        error=f"{spec.kind.name} cannot list persons, so none is foreign: a "
+                        "desired person already there is simply updated (its writes are upserts)",
+                    )
+                )
+                continue
+            try:
+                observed = await target.observe()
+            except TargetError as exc:
+                found.append(Adoption(target=name, error=f"could not be observed: {exc.message}"))
+                continue
+            assert observed is not None
+            ledger = await app.store.ledger(name)
+            computed = planning.compute(desired, spec, observed, ledger, app.hasher, only=only)
+            invalid = {i.person_id for i in computed.invalid}
+            adopted = tuple(
+                pid
+                for pid in computed.foreign
+                if pid in desired.persons
+                and spec.select.matches(desired.persons[pid])
+                and pid not in invalid
+            )
+            if commit and adopted:
+                await app.store.adopt(
+                    name, {pid: observed.persons[pid].remote_id for pid in adopted}
+                )
+                for pid in adopted:
+                    log.info("person.adopted", target=name, person=pid)
+            left = tuple(pid for pid in computed.foreign if pid not in adopted)
+            found.append(Adoption(target=name, adopted=adopted, left=left))
+    return found

@@ -336,6 +336,36 @@ departments:
             assert secret not in text, f"{secret!r} leaked"
 
 
+async def test_adopt_takes_only_declared_foreign_persons_and_then_owns_them(
+    site: Site, nebula: NebulaPassSimulator
+) -> None:
+    nebula.add_user("1002", name="enrolled by hand", type=2)
+    nebula.add_user("9001", name="nobody declares me")
+    site.write(PERSONS)
+    before = await site.run("plan")
+    assert "2 foreign persons" in before.out
+    assert "+ 1002" not in before.out  # a foreign person is never touched, even when desired
+
+    refused = await site.run("adopt", "--target", "lobby")
+    assert refused.code == 64  # no terminal and no --yes
+
+    run = await site.run("adopt", "--target", "lobby", "--yes")
+    assert run.code == 0, run.err
+    assert "+ 1002  adopt" in run.out
+    assert "left alone: 9001" in run.out
+    assert "Adopted 1 person(s)" in run.out
+
+    after = await site.run("plan")
+    assert "~ 1002  update (intent)" in after.out  # brought to its desired state
+    assert "1 foreign person on the target" in after.out
+    assert (await site.run("apply", "--yes")).code == 0
+    assert nebula.users["1002"]["name"] == "李四"
+
+    site.write(PERSONS.split('  - id: "1002"')[0])  # 1002 leaves the desired state
+    assert (await site.run("apply", "--yes")).code == 0
+    assert set(nebula.users) == {"1001", "9001"}  # owned now, so deleted; 9001 untouched
+
+
 async def test_usage_errors_exit_64(site: Site) -> None:
     site.write(PERSONS)
     assert (await site.run("plan", "--no-such-flag")).code == 64

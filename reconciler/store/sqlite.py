@@ -128,6 +128,23 @@ class SqliteStore:
                 )
             )
 
+    async def adopt(self, target: str, remote_ids: Mapping[str, str | None]) -> None:
+        """Take persons found on a target into the ledger, on an operator's request.
+
+        They are owned from now on but their content is unknown (pending), so the next pass
+        brings each to its desired state, write-only fields (photos) included.
+        """
+        now = time.time()
+        rows = [(target, pid, remote_id, now) for pid, remote_id in remote_ids.items()]
+        if rows:
+            await self._transaction(
+                lambda db: db.executemany(
+                    "INSERT INTO ledger (target, person_id, remote_id, applied_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (target, person_id) DO NOTHING",
+                    rows,
+                )
+            )
+
     async def record(
         self, target: str, applied: Sequence[LedgerEntry], deleted: Sequence[str] = ()
     ) -> None:

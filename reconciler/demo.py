@@ -179,33 +179,42 @@ async def simulators(
 async def simulate(kinds: Sequence[str], *, host: str, port: int) -> int:
     """Serve one simulator per kind, on consecutive ports, until interrupted."""
     endpoints: list[Served] = []
-    try:
-        for index, kind in enumerate(kinds):
-            if kind not in SIMULATORS:
-                raise ConfigError(f"no simulator for kind {kind}")
-            entry = SIMULATORS[kind]
-            endpoint = await serve(
-                entry.build(entry.credentials), host, port + index if port else 0
-            )
-            endpoints.append(endpoint)
-            login = ", ".join(f"{key}: {value}" for key, value in entry.credentials.items())
-            click.echo(f"{kind}: {endpoint.url}  ({login or 'no login'})")
-        click.echo("Serving; Ctrl-C stops.")
-        await interrupted()
-    finally:
-        for endpoint in endpoints:
-            await endpoint.close()
+    # Handlers first: a SIGTERM that arrives while the later simulators start still stops cleanly.
+    with stop_signals() as stop:
+        try:
+            for index, kind in enumerate(kinds):
+                if kind not in SIMULATORS:
+                    raise ConfigError(f"no simulator for kind {kind}")
+                entry = SIMULATORS[kind]
+                endpoint = await serve(
+                    entry.build(entry.credentials), host, port + index if port else 0
+                )
+                endpoints.append(endpoint)
+                login = ", ".join(f"{key}: {value}" for key, value in entry.credentials.items())
+                click.echo(f"{kind}: {endpoint.url}  ({login or 'no login'})")
+            click.echo("Serving; Ctrl-C stops.")
+            await stop.wait()
+        finally:
+            for endpoint in endpoints:
+                await endpoint.close()
     return 0
 
 
-async def interrupted() -> None:
-    """Wait for SIGINT or SIGTERM."""
+@contextlib.contextmanager
+def stop_signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def interrupted() -> None:
+    """Wait for SIGINT or SIGTERM."""
+    with stop_signals() as stop:
+        await stop.wait()

@@ -17,7 +17,7 @@ import structlog
 
 from reconciler import executor
 from reconciler.app import App
-from reconciler.core import changes, planning, safety
+from reconciler.core import attempts, changes, planning, safety
 from reconciler.core.changes import Plan, TargetPlan
 from reconciler.errors import TargetError
 from reconciler.executor import TargetReport
@@ -42,10 +42,12 @@ class PassReport:
         return sum(t.applied for t in self.targets)
 
 
-async def plan(app: App, *, only: Collection[str] | None = None) -> Plan:
+async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool = False) -> Plan:
     """Observe every target and compute the plan, guards applied; changes nothing anywhere.
 
     Held deletes are released afterwards, and only by an operator (apply --allow-mass-delete).
+    With `backoff` (the daemon), changes that failed before wait out their back-off; an
+    operator's own plan and apply try everything.
     """
     desired = app.desired.loaded.desired
 
@@ -68,7 +70,10 @@ async def plan(app: App, *, only: Collection[str] | None = None) -> Plan:
             departments=departments,
             now=time.time(),
         )
-        return safety.check(computed, target.settings.delete_limit, in_scope=computed.in_scope)
+        checked = safety.check(computed, target.settings.delete_limit, in_scope=computed.in_scope)
+        if backoff and checked.changes:
+            checked = attempts.defer(checked, await app.store.attempts(name), time.time())
+        return checked
 
     names = sorted(app.targets)
     planned = await asyncio.gather(*(one(name, app.targets[name]) for name in names))
@@ -106,6 +111,13 @@ def log_plan(plan: Plan, *, mode: str) -> None:
                 target=target_plan.target,
                 deletes=len(target_plan.held),
                 reason=target_plan.held_reason,
+            )
+        if target_plan.deferred:
+            log.info(
+                "plan.deferred",
+                target=target_plan.target,
+                changes=len(target_plan.deferred),
+                first_retry=min(a.next_try for a in target_plan.deferred),
             )
         for invalid in target_plan.invalid:
             log.warning(

@@ -16,8 +16,10 @@ from typing import cast
 
 import structlog
 
+from reconciler.core import attempts as backoff
 from reconciler.core.changes import (
     Action,
+    Attempt,
     Change,
     DepartmentChange,
     TargetPlan,
@@ -55,6 +57,8 @@ class TargetReport:
     skipped: str | None = None
     #: Changes never started because the process is stopping; the next pass plans them again.
     interrupted: int = 0
+    #: Failed changes' back-off so far, by person (loaded once per apply, kept current).
+    attempts: dict[str, Attempt] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -80,6 +84,8 @@ async def apply(
         await store.forget(plan.target, plan.forget)
     creates = [c.person_id for c in plan.changes if c.action is Action.CREATE]
     await store.mark_pending(plan.target, creates)
+    if plan.changes:
+        report.attempts = await store.attempts(plan.target)
 
     upserts = [c for c in plan.changes if c.action is not Action.DELETE]
     deletes = [c for c in plan.changes if c.action is Action.DELETE]
@@ -175,9 +181,10 @@ async def _apply_phase(
             answered.update(o.change.person_id for o in outcomes)
     except TargetError as exc:
         # A target that fails mid-way fails what it did not confirm; the rest stays recorded.
-        for change in changes:
-            if change.person_id not in answered:
-                _failed(name, report, change, exc.message)
+        unanswered = [c for c in changes if c.person_id not in answered]
+        for change in unanswered:
+            _failed(name, report, change, exc.message)
+        await _note_attempts(name, store, report, [(c, exc.message) for c in unanswered], [])
         return
     report.interrupted += sum(1 for c in changes if c.person_id not in answered)
 
@@ -200,6 +207,13 @@ async def _record(
     ]
     deleted = [o.change.person_id for o in outcomes if o.ok and o.change.action is Action.DELETE]
     await store.record(name, applied, deleted)
+    await _note_attempts(
+        name,
+        store,
+        report,
+        [(o.change, o.error or "failed") for o in outcomes if not o.ok],
+        [o.change.person_id for o in outcomes if o.ok],
+    )
     for outcome in outcomes:
         change = outcome.change
         if outcome.ok:
@@ -209,6 +223,27 @@ async def _record(
             log.info("change.applied", target=name, **change_document(change))
         else:
             _failed(name, report, change, outcome.error or "failed", retryable=outcome.retryable)
+
+
+async def _note_attempts(
+    name: str,
+    store: SqliteStore,
+    report: TargetReport,
+    failed: Sequence[tuple[Change, str]],
+    succeeded: Sequence[str],
+) -> None:
+    """Failed changes wait out a growing back-off; a success forgets the person's failures."""
+    now = time.time()
+    noted = [
+        backoff.next_attempt(change, error, report.attempts.get(change.person_id), now)
+        for change, error in failed
+    ]
+    cleared = [pid for pid in succeeded if pid in report.attempts]
+    await store.record_attempts(name, noted, cleared)
+    for attempt in noted:
+        report.attempts[attempt.person_id] = attempt
+    for pid in cleared:
+        del report.attempts[pid]
 
 
 def _failed(

@@ -95,6 +95,18 @@ class DepartmentChange:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """A change that failed after its retries: when it may be tried again, and why it failed."""
+
+    person_id: str
+    #: What failed: the record fingerprint for upserts, "delete" for a delete.
+    fingerprint: str
+    failures: int
+    next_try: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TargetPlan:
     """The plan for one target."""
 
@@ -128,6 +140,8 @@ class TargetPlan:
     held_departments: tuple[DepartmentChange, ...] = ()
     #: The kind cannot be read: this plan comes from the ledger alone.
     write_only: bool = False
+    #: Changes that failed before and wait out their back-off (see core.attempts).
+    deferred: tuple[Attempt, ...] = ()
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)
@@ -248,6 +262,16 @@ def document(plan: Plan) -> dict[str, Any]:
             entry["error"] = t.error
         if t.suspended:
             entry["suspended"] = True
+        if t.deferred:
+            entry["deferred"] = [
+                {
+                    "person": a.person_id,
+                    "failures": a.failures,
+                    "next_try": a.next_try,
+                    "error": a.error,
+                }
+                for a in t.deferred
+            ]
         if t.write_only:
             # Nothing was read: every change below comes from the ledger alone.
             entry["write_only"] = True

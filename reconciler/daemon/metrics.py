@@ -53,6 +53,7 @@ class Metrics:
     - ``reconciler_persons_managed{target}`` gauge: ledger entries of the target after the pass.
     - ``reconciler_drift_found_total{target}`` counter: planned changes whose reason was drift.
     - ``reconciler_held_deletes{target}`` gauge: deletes held back by the safety limits.
+    - ``reconciler_deferred_changes{target}`` gauge: failed changes waiting out their back-off.
     - ``reconciler_target_errors_total{target}`` counter: passes in which the target had an error.
     - ``reconciler_foreign_persons{target}`` gauge: persons on the target we do not own.
     - ``reconciler_invalid_persons{target}`` gauge: desired persons the target cannot take.
@@ -99,6 +100,12 @@ class Metrics:
         self._held = Gauge(
             "reconciler_held_deletes",
             "Deletes held back by the safety limits in the last pass.",
+            ["target"],
+            registry=r,
+        )
+        self._deferred = Gauge(
+            "reconciler_deferred_changes",
+            "Changes that failed after their retries and wait out their back-off.",
             ["target"],
             registry=r,
         )
@@ -158,6 +165,7 @@ class Metrics:
                 errors.inc()
             self._managed.labels(target=name).set(target.managed)
             self._held.labels(target=name).set(target.held)
+            self._deferred.labels(target=name).set(target.deferred)
             self._foreign.labels(target=name).set(target.foreign)
             self._invalid.labels(target=name).set(target.invalid)
         present = set(outcome.targets)
@@ -165,7 +173,13 @@ class Metrics:
         # about which targets exist, so only a pass that ran may retire a target's series.
         if outcome.result != "failed":
             for gone in self._targets - present:
-                for gauge in (self._managed, self._held, self._foreign, self._invalid):
+                for gauge in (
+                    self._managed,
+                    self._held,
+                    self._deferred,
+                    self._foreign,
+                    self._invalid,
+                ):
                     gauge.remove(gone)
             self._targets = present
         else:

@@ -197,7 +197,7 @@ class Daemon:
         result: PassResult
         try:
             await self._refresh_desired(app)
-            plan = await cycle.plan(app, only=self.only)
+            plan = await cycle.plan(app, only=self.only, backoff=True)
             if self.dry_run:
                 cycle.log_plan(plan, mode="dry-run")
                 reports: dict[str, TargetReport] = {}
@@ -327,6 +327,7 @@ def target_pass(
         drift=sum(1 for c in plan.changes if c.reason is Reason.DRIFT),
         held=len(plan.held),
         held_reason=plan.held_reason,
+        deferred=len(plan.deferred),
         foreign=len(plan.foreign),
         invalid=len(plan.invalid),
         managed=managed,

@@ -42,6 +42,8 @@ class TargetPass:
     drift: int = 0
     held: int = 0
     held_reason: str = ""
+    #: Changes that failed before and wait out their back-off.
+    deferred: int = 0
     foreign: int = 0
     invalid: int = 0
     #: Ledger entries for this target after the pass.
@@ -154,6 +156,7 @@ class Status:
                     "failed": dict(t.failed),
                     "drift": t.drift,
                     "held": {"deletes": t.held, "reason": t.held_reason} if t.held else None,
+                    "deferred": t.deferred,
                     "foreign": t.foreign,
                     "invalid": t.invalid,
                     "error": t.error,

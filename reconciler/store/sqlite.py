@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import StoreError
 
@@ -223,6 +224,49 @@ class SqliteStore:
             db.executemany(
                 "DELETE FROM department_ledger WHERE target = ? AND department_id = ?", removals
             )
+
+        await self._transaction(write)
+
+    # -- attempts -------------------------------------------------------------------------
+
+    async def attempts(self, target: str) -> dict[str, Attempt]:
+        """Failed changes of a target waiting out their back-off."""
+
+        def read(db: sqlite3.Connection) -> dict[str, Attempt]:
+            rows = db.execute(
+                "SELECT person_id, fingerprint, failures, next_try, error FROM attempts "
+                "WHERE target = ?",
+                (target,),
+            )
+            return {
+                pid: Attempt(
+                    person_id=pid, fingerprint=fp, failures=failures, next_try=at, error=error
+                )
+                for pid, fp, failures, at, error in rows
+            }
+
+        return await self._with_db(read)
+
+    async def record_attempts(
+        self, target: str, failed: Sequence[Attempt], succeeded: Sequence[str] = ()
+    ) -> None:
+        """Failures with their next try; a success clears the person's attempt."""
+        if not failed and not succeeded:
+            return
+        rows = [
+            (target, a.person_id, a.fingerprint, a.failures, a.next_try, a.error) for a in failed
+        ]
+        cleared = [(target, pid) for pid in succeeded]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO attempts (target, person_id, fingerprint, failures, next_try, error) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, person_id) DO UPDATE SET "
+                "fingerprint = excluded.fingerprint, failures = excluded.failures, "
+                "next_try = excluded.next_try, error = excluded.error",
+                rows,
+            )
+            db.executemany("DELETE FROM attempts WHERE target = ? AND person_id = ?", cleared)
 
         await self._transaction(write)
 

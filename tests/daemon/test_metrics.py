@@ -114,6 +114,7 @@ def test_the_exposition_parses_and_names_are_the_contract() -> None:
         "reconciler_persons_managed",
         "reconciler_drift_found",
         "reconciler_held_deletes",
+        "reconciler_deferred_changes",
         "reconciler_target_errors",
         "reconciler_foreign_persons",
         "reconciler_invalid_persons",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import StoreError
 from reconciler.store.sqlite import SqliteStore, migrations
@@ -164,3 +165,15 @@ async def test_a_version_1_store_is_migrated_keeping_its_ledger(tmp_path: Path) 
         assert await store.departments("lobby") == {}
     finally:
         await store.aclose()
+
+
+async def test_attempts_are_recorded_replaced_and_cleared(store: SqliteStore) -> None:
+    first = Attempt(person_id="1", fingerprint="f", failures=1, next_try=60.0, error="no face")
+    await store.record_attempts("fog", [first])
+    assert await store.attempts("fog") == {"1": first}
+    second = Attempt(person_id="1", fingerprint="f", failures=2, next_try=120.0, error="no face")
+    await store.record_attempts("fog", [second])
+    assert await store.attempts("fog") == {"1": second}
+    assert await store.attempts("other") == {}
+    await store.record_attempts("fog", [], ["1"])
+    assert await store.attempts("fog") == {}

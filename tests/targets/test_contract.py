@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from reconciler import executor
-from reconciler.core import planning
+from reconciler.core import attempts, planning
 from reconciler.core.changes import Action, TargetPlan
 from reconciler.core.persons import Department, Desired, Person, Photo
 from reconciler.core.records import Hasher
 from reconciler.errors import PermanentTargetError, TargetError
 from reconciler.executor import TargetReport
 from reconciler.simulators.base import Served, Simulator, serve
+from reconciler.simulators.sophon_fog import SophonFogSimulator
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
 from reconciler.targets.base import Target
@@ -262,3 +263,57 @@ async def test_a_photo_of_megabytes_is_sent_whole(rig: Rig, tmp_path: Path) -> N
     target = rig.target()
     await rig.sync(target, desired(person("1001", photo=photo)))
     assert rig.simulator.photo_of("1001") == data
+
+
+async def test_a_person_the_target_refuses_waits_its_back_off_and_blocks_nobody(
+    tmp_path: Path,
+) -> None:
+    """The change tier, through the real executor and store: one faceless photo on a face box."""
+    faceless = b"\xff\xd8\xff\xe0" + b"no face in here"
+    path = tmp_path / "faceless.jpg"
+    path.write_bytes(faceless)
+    bad = Photo(
+        path=str(path),
+        digest="sha256:" + hashlib.sha256(faceless).hexdigest(),
+        media_type="image/jpeg",
+        size=len(faceless),
+    )
+    simulator = SophonFogSimulator(faceless=[faceless])
+    async with await serve(simulator) as served:
+        store = await SqliteStore.open(tmp_path / "store.sqlite3")
+        entry = KINDS["sophon_fog"]
+        target = entry.build("box", entry.settings(url=served.url, rate_limit=None), FAST)
+        try:
+            wanted = desired(person("1", photo=bad), person("2"), person("3"))
+
+            async def plan(now: float) -> TargetPlan:
+                observed = await target.observe()
+                computed = planning.compute(
+                    wanted, target.spec, observed, await store.ledger("box"), HASHER
+                )
+                return attempts.defer(computed, await store.attempts("box"), now)
+
+            report = await executor.apply(await plan(time.time()), target, store)
+            assert [f.person_id for f in report.failures] == ["1"]
+            assert set(simulator.person_names()) == {"2", "3"}
+            (waiting,) = (await store.attempts("box")).values()
+            assert (waiting.person_id, waiting.failures) == ("1", 1)
+            assert "replace the photo" in waiting.error
+
+            # The next pass leaves it alone until its time has come...
+            calm = await plan(time.time())
+            assert calm.changes == ()
+            assert [a.person_id for a in calm.deferred] == ["1"]
+            # ...then tries it once more, and waits twice as long after another failure.
+            later = await plan(waiting.next_try + 1)
+            await executor.apply(later, target, store)
+            assert (await store.attempts("box"))["1"].failures == 2
+
+            # A changed desired record (the photo dropped) is tried at once; the slate is wiped.
+            wanted = desired(person("1"), person("2"), person("3"))
+            await executor.apply(await plan(time.time()), target, store)
+            assert set(simulator.person_names()) == {"1", "2", "3"}
+            assert await store.attempts("box") == {}
+        finally:
+            await target.aclose()
+            await store.aclose()

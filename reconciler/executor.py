@@ -82,6 +82,26 @@ async def apply(
         return report
     if plan.forget:
         await store.forget(plan.target, plan.forget)
+    if plan.refresh:
+        now = time.time()
+        await store.record(
+            plan.target,
+            [
+                LedgerEntry(
+                    person_id=r.person_id,
+                    remote_id=r.remote_id,
+                    fingerprint=r.fingerprint,
+                    written=r.written,
+                    refs=r.refs,
+                    applied_at=now,
+                )
+                for r in plan.refresh
+            ],
+        )
+    settled = [r.person_id for r in plan.refresh] + list(plan.forget)
+    if settled:
+        # Their failures are moot: the target holds the record, or the person is gone.
+        await store.record_attempts(plan.target, [], settled)
     creates = [c.person_id for c in plan.changes if c.action is Action.CREATE]
     await store.mark_pending(plan.target, creates)
     if plan.changes:

@@ -95,6 +95,18 @@ class DepartmentChange:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Refresh:
+    """A ledger row to bring up to date without any call: the target already holds the record
+    (a write whose answer was lost, say), so only what we know about it is stale."""
+
+    person_id: str
+    fingerprint: str
+    written: Mapping[str, str] = field(default_factory=dict)
+    remote_id: str | None = None
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Attempt:
     """A change that failed after its retries: when it may be tried again, and why it failed."""
 
@@ -123,6 +135,8 @@ class TargetPlan:
     foreign: tuple[str, ...] = ()
     #: Ledger entries whose persons are gone from both the target and the desired state.
     forget: tuple[str, ...] = ()
+    #: Ledger entries whose target already matches the desired record: updated, nothing sent.
+    refresh: tuple[Refresh, ...] = ()
     #: Keyed digest of what observe() returned; None for a kind that cannot list.
     observed_digest: str | None = None
     #: Why this target could not be planned (it could not be observed); no changes then.
@@ -200,6 +214,7 @@ def fingerprint(desired_digest: str, targets: Iterable[TargetPlan], hasher: Hash
                 essence(t.held),
                 [[i.person_id, i.error] for i in t.invalid],
                 list(t.forget),
+                [[r.person_id, r.fingerprint] for r in t.refresh],
                 departments(t.departments),
                 departments(t.held_departments),
             ]

@@ -20,6 +20,7 @@ from reconciler.core.changes import (
     DepartmentChange,
     FieldChange,
     Reason,
+    Refresh,
     TargetPlan,
 )
 from reconciler.core.persons import Department, Desired, Person, PersonType
@@ -155,6 +156,7 @@ def compute(
     upserts: list[Change] = []
     invalid: list[Invalid] = []
     foreign: set[str] = set()
+    refresh: list[Refresh] = []
     declared = {d.id for d in desired.departments}
     resync_before = (
         now - spec.resync_every
@@ -207,6 +209,19 @@ def compute(
 
         fields = _field_changes(record, seen, entry, kind, hasher)
         if not fields:
+            # The target holds the desired record already (a confirmation was lost): the
+            # ledger catches up without a call.
+            refresh.append(
+                Refresh(
+                    person_id=pid,
+                    fingerprint=fp,
+                    written=written_hashes(
+                        record, kind.write_only if kind.can_list else kind.fields, hasher
+                    ),
+                    remote_id=seen.remote_id if seen is not None else None,
+                    refs=entry.refs,
+                )
+            )
             continue
         reason = Reason.DRIFT if entry.fingerprint == fp else Reason.INTENT
         immutable = [f.field for f in fields if f.field in kind.immutable and not f.write_only]
@@ -271,6 +286,7 @@ def compute(
         invalid=tuple(sorted(invalid, key=lambda i: i.person_id)),
         foreign=tuple(sorted(foreign)),
         forget=tuple(forget),
+        refresh=tuple(refresh),
         observed_digest=None if observed is None else observed_digest(observed, hasher),
         suspended=spec.suspended,
         managed=len(ledger),

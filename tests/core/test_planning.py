@@ -253,3 +253,18 @@ def test_in_scope_counts_what_select_admits_whatever_only_says() -> None:
     )
     assert [c.person_id for c in plan.changes] == ["1"]
     assert plan.in_scope == 2
+
+
+def test_a_target_already_holding_the_desired_record_only_refreshes_the_ledger() -> None:
+    """A write the target applied but whose answer was lost: nothing to send again."""
+    old = person("1", groups=("a",))
+    observed, ledger = converged(old)
+    new = person("1", groups=("b",))
+    # The device took the new record; our ledger still holds the old fingerprint.
+    observed = Observed(persons={"1": ObservedPerson(record=projection(render(new)))})  # type: ignore[arg-type]
+    plan = planning.compute(desired(new), SPEC, observed, ledger, HASHER)
+    assert plan.changes == ()
+    (refresh,) = plan.refresh
+    assert refresh.person_id == "1"
+    assert refresh.fingerprint == HASHER.digest(render(new))
+    assert refresh.fingerprint != ledger["1"].fingerprint

@@ -321,6 +321,16 @@ class SiteServer(HttpTarget[Settings]):
             response = await self._v7_write(f"{USERS}/{remote_id}/actions/delete", None)
         if response.status not in (200, 404):  # 404: already gone, which is what we wanted
             return self._refusal(change, response, creating=False)
+        if response.status == 200:
+            # The ledger row goes only once the CMS confirms: the answer must be the deleted
+            # user, not any 200 (a proxy's page, a truncated body).
+            deleted = self._user(response)
+            if deleted.get("userName") != change.person_id:
+                raise PermanentTargetError(
+                    self.name,
+                    f"{response.method} {response.path} answered with another user "
+                    f"({deleted.get('userName')!r}); the delete is not confirmed",
+                )
         self._forget(change.person_id)
         return Outcome(change=change, ok=True)
 

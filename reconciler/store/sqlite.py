@@ -126,7 +126,7 @@ class SqliteStore:
                     "INSERT INTO ledger (target, person_id, applied_at) VALUES (?, ?, ?) "
                     "ON CONFLICT (target, person_id) DO NOTHING",
                     rows,
-                )
+                ).close()
             )
 
     async def adopt(self, target: str, remote_ids: Mapping[str, str | None]) -> None:
@@ -143,7 +143,7 @@ class SqliteStore:
                     "INSERT INTO ledger (target, person_id, remote_id, applied_at) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT (target, person_id) DO NOTHING",
                     rows,
-                )
+                ).close()
             )
 
     async def record(
@@ -304,7 +304,7 @@ class SqliteStore:
                     error,
                     pass_id,
                 ),
-            )
+            ).close()
         )
 
     async def passes(self, limit: int = 20) -> list[PassRecord]:
@@ -426,9 +426,12 @@ class SqliteStore:
             if self._db is None:
                 raise StoreError("the store is closed")
             try:
-                return work(self._db)
+                result = work(self._db)
             except sqlite3.Error as exc:
                 raise StoreError(f"store {self.path}: {exc}") from exc
+            if isinstance(result, sqlite3.Cursor):
+                raise TypeError("store work must not return a cursor")
+            return result
 
         return await self._run(call)
 

@@ -19,7 +19,7 @@ from reconciler import executor
 from reconciler.app import App
 from reconciler.core import attempts, changes, planning, safety
 from reconciler.core.changes import Plan, TargetPlan
-from reconciler.errors import TargetError
+from reconciler.errors import StoreError, TargetError
 from reconciler.executor import TargetReport
 from reconciler.targets.base import Target
 
@@ -128,6 +128,18 @@ def log_plan(plan: Plan, *, mode: str) -> None:
             )
 
 
+async def _apply_target(
+    app: App, plan: TargetPlan, stop: asyncio.Event | None
+) -> executor.TargetReport:
+    """One target's apply; a store that fails under it fails this target, not the others
+    (which must finish and record before the pass ends and the store closes)."""
+    try:
+        return await executor.apply(plan, app.targets[plan.target], app.store, stop=stop)
+    except StoreError as exc:
+        log.error("target.store_failed", target=plan.target, error=str(exc))
+        return executor.TargetReport(target=plan.target, skipped=f"store failed: {exc}")
+
+
 async def apply(app: App, plan: Plan, *, stop: asyncio.Event | None = None) -> PassReport:
     """Apply a computed plan to every target at once; record the pass.
 
@@ -137,10 +149,7 @@ async def apply(app: App, plan: Plan, *, stop: asyncio.Event | None = None) -> P
         pass_id = await app.store.begin_pass("apply")
         log_plan(plan, mode="apply")
         reports = await asyncio.gather(
-            *(
-                executor.apply(plan.targets[name], app.targets[name], app.store, stop=stop)
-                for name in sorted(plan.targets)
-            )
+            *(_apply_target(app, plan.targets[name], stop) for name in sorted(plan.targets))
         )
         complete = all(r.ok and not r.interrupted for r in reports)
         result: Literal["ok", "partial"] = "ok" if complete and not plan.has_errors else "partial"

@@ -52,6 +52,9 @@ class Faults:
     hang_seconds: float = 30.0
     #: Probability of answering 200 with a body that is not JSON (truncated, HTML or empty).
     malformed_rate: float = 0.0
+    #: Probability of dropping the connection instead of answering. The request is handled
+    #: first (a write takes effect), so the client cannot tell whether it happened.
+    reset_rate: float = 0.0
     #: HTTP statuses the next requests answer with, one each, before any random fault.
     fail_next: list[int] = field(default_factory=list)
     seed: int | None = None
@@ -81,6 +84,8 @@ class Entry:
     items: int | None = None
     #: Whether the route changes the vendor's state (login is never one).
     write: bool = False
+    #: The connection was dropped (`Faults.reset_rate`): the client never saw `status`.
+    reset: bool = False
 
 
 class RequestLog:
@@ -104,6 +109,10 @@ class RequestLog:
     def writes(self) -> int:
         """Requests to routes the simulator declares as writes, whatever their answer."""
         return sum(1 for entry in self.entries if entry.write)
+
+    def resets(self) -> int:
+        """Requests whose connection was dropped instead of answered."""
+        return sum(1 for entry in self.entries if entry.reset)
 
     def clear(self) -> None:
         self.entries.clear()
@@ -191,10 +200,13 @@ class Simulator(abc.ABC):
             route = by_template.get((request.method, template))
             arrived = time.monotonic()
             status = HTTPStatus.INTERNAL_SERVER_ERROR.value
+            reset = False
             try:
                 response = await self._answer(request, handler, route)
                 response.headers.update(self.response_headers())
                 status = response.status
+                if (route is None or not route.exempt) and self.faults.roll(self.faults.reset_rate):
+                    reset = _drop(request)
                 return response
             finally:
                 self.log.record(
@@ -206,6 +218,7 @@ class Simulator(abc.ABC):
                         at=arrived,
                         items=request.get(ITEMS),
                         write=route is not None and route.write,
+                        reset=reset,
                     )
                 )
 
@@ -257,6 +270,17 @@ class Simulator(abc.ABC):
         if status == HTTPStatus.TOO_MANY_REQUESTS:
             response.headers["Retry-After"] = f"{self.faults.retry_after:g}"
         return response
+
+
+def _drop(request: web.Request) -> bool:
+    """Close the connection before the answer is written: the client sees it disconnect.
+
+    aiohttp then fails to write the response and treats it as a client that went away."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return False
+    transport.close()
+    return True
 
 
 async def _hang(request: web.Request, seconds: float) -> bool:

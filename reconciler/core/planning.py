@@ -215,9 +215,7 @@ def compute(
                 Refresh(
                     person_id=pid,
                     fingerprint=fp,
-                    written=written_hashes(
-                        record, kind.write_only if kind.can_list else kind.fields, hasher
-                    ),
+                    written=written_hashes(record, _ledger_fields(kind), hasher),
                     remote_id=seen.remote_id if seen is not None else None,
                     refs=entry.refs,
                 )
@@ -365,6 +363,11 @@ def _depth(did: str, entries: Mapping[str, DepartmentEntry]) -> int:
     return depth
 
 
+def _ledger_fields(kind: KindSpec) -> frozenset[str]:
+    """Fields the ledger keeps hashes of: what the target never reports back."""
+    return kind.write_only if kind.can_list else frozenset(kind.fields)
+
+
 def _projection(record: Record, kind: KindSpec) -> dict[str, object]:
     return {name: record[name] for name in kind.fields if name in kind.observable}
 
@@ -418,7 +421,6 @@ def _upsert(
             for name in kind.fields
             if record.get(name) not in (None, "", [], False)
         )
-    written_fields = kind.write_only if kind.can_list else frozenset(kind.fields)
     return Change(
         action=action,
         person_id=person.id,
@@ -428,6 +430,6 @@ def _upsert(
         person=person,
         remote_id=entry.remote_id if entry is not None else None,
         fingerprint=fp,
-        written=written_hashes(record, written_fields, hasher),
+        written=written_hashes(record, _ledger_fields(kind), hasher),
         refs=entry.refs if entry is not None else {},
     )

@@ -45,16 +45,18 @@ class KindSimulator:
 SIMULATORS: dict[str, KindSimulator] = {
     "nebula_pass": KindSimulator(
         build=lambda c: NebulaPassSimulator(username=c["username"], password=c["password"]),
-        credentials={"username": "admin", "password": "admin123"},
+        credentials=NebulaPassSimulator.LOGIN,
     ),
     "siteserver": KindSimulator(
         build=lambda c: SiteServerSimulator(api_key=c["api_key"]),
-        credentials={"api_key": "sim-api-key-0001"},
+        credentials=SiteServerSimulator.LOGIN,
     ),
-    "sophon_fog": KindSimulator(build=lambda c: SophonFogSimulator(), credentials={}),
+    "sophon_fog": KindSimulator(
+        build=lambda c: SophonFogSimulator(), credentials=SophonFogSimulator.LOGIN
+    ),
     "sophon_sight": KindSimulator(
         build=lambda c: SophonSightSimulator(appkey=c["appkey"], secret=c["secret"]),
-        credentials={"appkey": "7ea24d0a", "secret": "sophon-sim-secret"},
+        credentials=SophonSightSimulator.LOGIN,
     ),
 }
 

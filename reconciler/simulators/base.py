@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import ClassVar
 
 from aiohttp import web
 
@@ -150,6 +151,10 @@ class Simulator(abc.ABC):
     `app()` builds a fresh aiohttp Application each time, so one simulator's state can be served
     again after a previous server closed.
     """
+
+    #: The target settings that log in to a fresh simulator, with its defaults (none: no login).
+    #: Well known on purpose: `reconciler simulate` prints them for users to put in a file.
+    LOGIN: ClassVar[Mapping[str, str]] = {}
 
     #: Bodies a malformed answer picks from: none of them parses as JSON.
     malformed_bodies: tuple[bytes, ...] = (

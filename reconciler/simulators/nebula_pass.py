@@ -11,7 +11,7 @@ import binascii
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeGuard
+from typing import Any, ClassVar, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -82,11 +82,13 @@ class NebulaPassSimulator(Simulator):
       `create_at`/`update_at` are wall-clock milliseconds.
     """
 
+    LOGIN: ClassVar[Mapping[str, str]] = {"username": "admin", "password": "admin123"}
+
     def __init__(
         self,
         *,
-        username: str = "admin",
-        password: str = "admin123",  # noqa: S107 (a fake device's login, not a secret)
+        username: str = LOGIN["username"],
+        password: str = LOGIN["password"],
         token_ttl: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_users: int = 100_000,

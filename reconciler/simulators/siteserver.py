@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlencode
 
 import orjson
@@ -137,11 +137,13 @@ class SiteServerSimulator(Simulator):
     - 6.x user-style fields (`user_styles`) exist only when configured, as "" by default.
     """
 
+    LOGIN: ClassVar[Mapping[str, str]] = {"api_key": "sim-api-key-0001"}
+
     def __init__(
         self,
         *,
         api_version: ApiVersion = 6,
-        api_key: str = "sim-api-key-0001",
+        api_key: str = LOGIN["api_key"],
         scopes: Iterable[str] = ("Users",),
         admin_permission: bool = True,
         password_min_length: int = 6,

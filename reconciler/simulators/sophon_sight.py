@@ -13,8 +13,8 @@ import hmac
 import itertools
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeGuard
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -89,11 +89,13 @@ class SophonSightSimulator(Simulator):
     - Length limits: thirdId / thirdDeptId / thirdParentId <= 100 characters; no other limits.
     """
 
+    LOGIN: ClassVar[Mapping[str, str]] = {"appkey": "7ea24d0a", "secret": "sophon-sim-secret"}
+
     def __init__(
         self,
         *,
-        appkey: str = "7ea24d0a",
-        secret: str = "sophon-sim-secret",  # noqa: S107 (a fake platform's key, not a secret)
+        appkey: str = LOGIN["appkey"],
+        secret: str = LOGIN["secret"],
         time_window: float | None = DEFAULT_TIME_WINDOW,
         auth_http_status: int = 200,
         clock: Callable[[], float] = time.time,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.persons import Photo
-from reconciler.simulators.base import Served, serve
+from reconciler.simulators.base import serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 
 #: Smallest bytes our photo checks accept: the magic numbers, then padding.
@@ -25,11 +25,8 @@ def nebula() -> NebulaPassSimulator:
 
 @pytest.fixture
 async def nebula_url(nebula: NebulaPassSimulator) -> AsyncIterator[str]:
-    served: Served = await serve(nebula)
-    try:
+    async with await serve(nebula) as served:
         yield served.url
-    finally:
-        await served.close()
 
 
 @pytest.fixture

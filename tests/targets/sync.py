@@ -3,8 +3,10 @@ per-kind adapter tests drive their target through this, without a store."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import cast
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar, cast
 
 from reconciler.core import planning
 from reconciler.core.changes import Action, DepartmentChange, TargetPlan
@@ -14,6 +16,28 @@ from reconciler.core.records import Hasher
 from reconciler.targets.base import DepartmentOutcome, DepartmentTarget, Outcome, Target
 
 HASHER = Hasher(b"t" * 32)
+
+_Made = TypeVar("_Made", bound=Target)
+
+
+@contextlib.asynccontextmanager
+async def made_targets(
+    build: Callable[[dict[str, Any]], _Made], **defaults: Any
+) -> AsyncIterator[Callable[..., _Made]]:
+    """A factory of targets from settings (these defaults, then a test's overrides); every
+    target it made is closed at the end."""
+    made: list[_Made] = []
+
+    def make(**overrides: Any) -> _Made:
+        target = build({**defaults, **overrides})
+        made.append(target)
+        return target
+
+    try:
+        yield make
+    finally:
+        for target in made:
+            await target.aclose()
 
 
 class Sync:

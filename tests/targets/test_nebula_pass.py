@@ -22,7 +22,7 @@ from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.targets import nebula_pass
 from reconciler.targets.http import Backoff
 from reconciler.targets.nebula_pass import NebulaPass
-from tests.targets.sync import Sync
+from tests.targets.sync import Sync, made_targets
 
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 
@@ -31,23 +31,13 @@ MakeTarget = Callable[..., NebulaPass]
 
 @pytest.fixture
 async def make_target(nebula_url: str) -> AsyncIterator[MakeTarget]:
-    made: list[NebulaPass] = []
+    def build(values: dict[str, Any]) -> NebulaPass:
+        return NebulaPass("lobby", nebula_pass.Settings(**values), backoff=FAST)
 
-    def make(**overrides: Any) -> NebulaPass:
-        values: dict[str, Any] = {
-            "url": nebula_url,
-            "username": "admin",
-            "password": "s3cret-lobby-pw",
-            "rate_limit": None,
-        }
-        values.update(overrides)
-        target = NebulaPass("lobby", nebula_pass.Settings(**values), backoff=FAST)
-        made.append(target)
-        return target
-
-    yield make
-    for target in made:
-        await target.aclose()
+    async with made_targets(
+        build, url=nebula_url, username="admin", password="s3cret-lobby-pw", rate_limit=None
+    ) as make:
+        yield make
 
 
 def person(pid: str, **fields: Any) -> Person:

@@ -24,7 +24,7 @@ from reconciler.targets import siteserver
 from reconciler.targets.base import Outcome
 from reconciler.targets.http import Backoff
 from reconciler.targets.siteserver import SiteServer
-from tests.targets.sync import Sync
+from tests.targets.sync import Sync, made_targets
 
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 API_KEY = "cms-key-7d1e0c"
@@ -51,24 +51,18 @@ async def sim_url(sim: SiteServerSimulator) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def make_target(sim: SiteServerSimulator, sim_url: str) -> AsyncIterator[MakeTarget]:
-    made: list[SiteServer] = []
+    def build(values: dict[str, Any]) -> SiteServer:
+        return SiteServer("cms", siteserver.Settings(**values), backoff=FAST)
 
-    def make(**overrides: Any) -> SiteServer:
-        values: dict[str, Any] = {
-            "url": sim_url,
-            "api_key": API_KEY,
-            "api_version": sim.api_version,
-            "initial_password": PASSWORD,
-            "rate_limit": None,
-        }
-        values.update(overrides)
-        target = SiteServer("cms", siteserver.Settings(**values), backoff=FAST)
-        made.append(target)
-        return target
-
-    yield make
-    for target in made:
-        await target.aclose()
+    async with made_targets(
+        build,
+        url=sim_url,
+        api_key=API_KEY,
+        api_version=sim.api_version,
+        initial_password=PASSWORD,
+        rate_limit=None,
+    ) as make:
+        yield make
 
 
 def person(pid: str, **fields: Any) -> Person:

@@ -18,12 +18,12 @@ from reconciler.core.persons import Desired, Person, PersonType, Photo
 from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
-from reconciler.simulators.base import Served, serve
+from reconciler.simulators.base import serve
 from reconciler.simulators.sophon_fog import USERS, SophonFogSimulator
 from reconciler.targets import sophon_fog
 from reconciler.targets.http import Backoff
 from reconciler.targets.sophon_fog import SophonFog
-from tests.targets.sync import HASHER, Sync
+from tests.targets.sync import HASHER, Sync, made_targets
 
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 
@@ -37,27 +37,17 @@ def box() -> SophonFogSimulator:
 
 @pytest.fixture
 async def box_url(box: SophonFogSimulator) -> AsyncIterator[str]:
-    served: Served = await serve(box)
-    try:
+    async with await serve(box) as served:
         yield served.url
-    finally:
-        await served.close()
 
 
 @pytest.fixture
 async def make_target(box_url: str) -> AsyncIterator[MakeTarget]:
-    made: list[SophonFog] = []
+    def build(values: dict[str, Any]) -> SophonFog:
+        return SophonFog("fog", sophon_fog.Settings(**values), backoff=FAST)
 
-    def make(**overrides: Any) -> SophonFog:
-        values: dict[str, Any] = {"url": box_url, "rate_limit": None}
-        values.update(overrides)
-        target = SophonFog("fog", sophon_fog.Settings(**values), backoff=FAST)
-        made.append(target)
-        return target
-
-    yield make
-    for target in made:
-        await target.aclose()
+    async with made_targets(build, url=box_url, rate_limit=None) as make:
+        yield make
 
 
 def person(pid: str, **fields: Any) -> Person:

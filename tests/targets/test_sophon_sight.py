@@ -18,12 +18,12 @@ from reconciler.core.changes import Action, DepartmentChange, Reason
 from reconciler.core.persons import Department, Desired, Person, PersonType, Photo
 from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TargetError
-from reconciler.simulators.base import Served, serve
+from reconciler.simulators.base import serve
 from reconciler.simulators.sophon_sight import SophonSightSimulator
 from reconciler.targets import sophon_sight
 from reconciler.targets.http import Backoff, Response
 from reconciler.targets.sophon_sight import SophonSight
-from tests.targets.sync import Sync
+from tests.targets.sync import Sync, made_targets
 
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 APPKEY, SECRET = "7ea24d0a", "platform-secret-xyz"
@@ -50,32 +50,19 @@ def sim() -> SophonSightSimulator:
 
 @pytest.fixture
 async def sim_url(sim: SophonSightSimulator) -> AsyncIterator[str]:
-    served: Served = await serve(sim)
-    try:
+    async with await serve(sim) as served:
         yield served.url
-    finally:
-        await served.close()
 
 
 @pytest.fixture
 async def make_target(sim_url: str) -> AsyncIterator[MakeTarget]:
-    made: list[SophonSight] = []
+    def build(values: dict[str, Any]) -> SophonSight:
+        return SophonSight("platform", sophon_sight.Settings(**values), backoff=FAST)
 
-    def make(**overrides: Any) -> SophonSight:
-        values: dict[str, Any] = {
-            "url": sim_url,
-            "appkey": APPKEY,
-            "secret": SECRET,
-            "rate_limit": None,
-        }
-        values.update(overrides)
-        target = SophonSight("platform", sophon_sight.Settings(**values), backoff=FAST)
-        made.append(target)
-        return target
-
-    yield make
-    for target in made:
-        await target.aclose()
+    async with made_targets(
+        build, url=sim_url, appkey=APPKEY, secret=SECRET, rate_limit=None
+    ) as make:
+        yield make
 
 
 def person(pid: str, **fields: Any) -> Person:

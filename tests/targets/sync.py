@@ -10,7 +10,7 @@ from typing import Any, TypeVar, cast
 
 from reconciler.core import planning
 from reconciler.core.changes import Action, DepartmentChange, TargetPlan
-from reconciler.core.persons import Desired
+from reconciler.core.persons import Department, Desired, Person
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.records import Hasher
 from reconciler.targets.base import DepartmentOutcome, DepartmentTarget, Outcome, Target
@@ -18,6 +18,13 @@ from reconciler.targets.base import DepartmentOutcome, DepartmentTarget, Outcome
 HASHER = Hasher(b"t" * 32)
 
 _Made = TypeVar("_Made", bound=Target)
+
+
+def desired(*persons: Person, departments: tuple[Department, ...] = ()) -> Desired:
+    """A desired state of these persons, in id order as the loader makes it."""
+    return Desired(
+        persons={p.id: p for p in sorted(persons, key=lambda p: p.id)}, departments=departments
+    )
 
 
 @contextlib.asynccontextmanager

@@ -26,6 +26,7 @@ from reconciler.targets import KINDS
 from reconciler.targets.base import Target
 from reconciler.targets.http import Backoff
 from tests.targets.harnesses import HARNESSES, Harness
+from tests.targets.sync import desired as desired_state
 
 HASHER = Hasher(b"c" * 32)
 FAST = Backoff(attempts=3, initial=0.01, maximum=0.1, budget=5)
@@ -95,9 +96,7 @@ def person(pid: str, **fields: Any) -> Person:
 
 
 def desired(*persons: Person) -> Desired:
-    return Desired(
-        persons={p.id: p for p in sorted(persons, key=lambda p: p.id)}, departments=DEPARTMENTS
-    )
+    return desired_state(*persons, departments=DEPARTMENTS)
 
 
 def changes(plan: TargetPlan) -> list[tuple[Action, str]]:

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from reconciler.core.changes import Action
-from reconciler.core.persons import Desired, Person, PersonType, Photo
+from reconciler.core.persons import Person, PersonType, Photo
 from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
@@ -22,7 +22,7 @@ from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.targets import nebula_pass
 from reconciler.targets.http import Backoff
 from reconciler.targets.nebula_pass import NebulaPass
-from tests.targets.sync import Sync, made_targets
+from tests.targets.sync import Sync, desired, made_targets
 
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 
@@ -43,10 +43,6 @@ async def make_target(nebula_url: str) -> AsyncIterator[MakeTarget]:
 def person(pid: str, **fields: Any) -> Person:
     fields.setdefault("name", f"用户{pid}")
     return Person(id=pid, **fields)
-
-
-def desired(*persons: Person) -> Desired:
-    return Desired(persons={p.id: p for p in sorted(persons, key=lambda p: p.id)})
 
 
 async def test_observe_an_empty_device(make_target: MakeTarget) -> None:

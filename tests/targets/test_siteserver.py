@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from reconciler.core.changes import Action
-from reconciler.core.persons import Desired, Person, Photo
+from reconciler.core.persons import Person, Photo
 from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
@@ -24,7 +24,7 @@ from reconciler.targets import siteserver
 from reconciler.targets.base import Outcome
 from reconciler.targets.http import Backoff
 from reconciler.targets.siteserver import SiteServer
-from tests.targets.sync import Sync, made_targets
+from tests.targets.sync import Sync, desired, made_targets
 
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 API_KEY = "cms-key-7d1e0c"
@@ -68,10 +68,6 @@ async def make_target(sim: SiteServerSimulator, sim_url: str) -> AsyncIterator[M
 def person(pid: str, **fields: Any) -> Person:
     fields.setdefault("name", f"用户{pid}")
     return Person(id=pid, **fields)
-
-
-def desired(*persons: Person) -> Desired:
-    return Desired(persons={p.id: p for p in sorted(persons, key=lambda p: p.id)})
 
 
 def user_id(sim: SiteServerSimulator, name: str) -> int:

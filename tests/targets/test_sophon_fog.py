@@ -14,7 +14,7 @@ from aiohttp import web
 
 from reconciler.core import planning
 from reconciler.core.changes import Action, Reason
-from reconciler.core.persons import Desired, Person, PersonType, Photo
+from reconciler.core.persons import Person, PersonType, Photo
 from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
@@ -23,7 +23,7 @@ from reconciler.simulators.sophon_fog import USERS, SophonFogSimulator
 from reconciler.targets import sophon_fog
 from reconciler.targets.http import Backoff
 from reconciler.targets.sophon_fog import SophonFog
-from tests.targets.sync import HASHER, Sync, made_targets
+from tests.targets.sync import HASHER, Sync, desired, made_targets
 
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 
@@ -53,10 +53,6 @@ async def make_target(box_url: str) -> AsyncIterator[MakeTarget]:
 def person(pid: str, **fields: Any) -> Person:
     fields.setdefault("name", f"用户{pid}")
     return Person(id=pid, **fields)
-
-
-def desired(*persons: Person) -> Desired:
-    return Desired(persons={p.id: p for p in sorted(persons, key=lambda p: p.id)})
 
 
 def data(photo: Photo) -> bytes:

@@ -24,6 +24,7 @@ from reconciler.targets import sophon_sight
 from reconciler.targets.http import Backoff, Response
 from reconciler.targets.sophon_sight import SophonSight
 from tests.targets.sync import Sync, made_targets
+from tests.targets.sync import desired as desired_state
 
 FAST = Backoff(attempts=4, initial=0.01, maximum=0.2, budget=10)
 APPKEY, SECRET = "7ea24d0a", "platform-secret-xyz"
@@ -72,9 +73,7 @@ def person(pid: str, **fields: Any) -> Person:
 
 
 def desired(*persons: Person, departments: tuple[Department, ...] = DEPARTMENTS) -> Desired:
-    return Desired(
-        persons={p.id: p for p in sorted(persons, key=lambda p: p.id)}, departments=departments
-    )
+    return desired_state(*persons, departments=departments)
 
 
 def routes(sim: SophonSightSimulator) -> list[str]:

@@ -3,6 +3,7 @@
 I/O: reads the files and the photos they name. Every problem is reported at once, as a
 DesiredError whose problems name file:line:column and the person id; never a partial result.
 Node positions are computed (by re-composing a file) only when there is a problem to place.
+With a ParsedCache, a file whose bytes were loaded before is not parsed again (see parsed.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from reconciler.core.persons import (
 from reconciler.core.records import Hasher, desired_digest
 from reconciler.errors import DesiredError, Problem
 from reconciler.sources import document as doc
+from reconciler.sources.parsed import PERSON_FIELDS, Content, Key, ParsedCache, PhotoSeen
 
 KeyPath = tuple[str | int, ...]
 
@@ -63,6 +65,8 @@ class Loaded:
     desired: Desired
     targets: Mapping[str, RawTarget]
     files: tuple[str, ...]
+    #: The files the YAML parser read in this load; the others came from the cache.
+    parsed: tuple[str, ...] = ()
 
 
 _MAP_TAG = "tag:yaml.org,2002:map"
@@ -289,16 +293,26 @@ def locate(
 
 @dataclass(slots=True)
 class _File:
-    """One parsed file, and its node tree once a problem has needed it."""
+    """One file, parsed or from the cache, and its node tree once a problem has needed it."""
 
     index: int
     source: str
     data: bytes
     mapping_lines: dict[int, int]
     target_lines: dict[str, int]
-    #: The top-level mapping, with ${NAME} replaced under targets.
+    #: The top-level mapping as parsed, with ${NAME} replaced under targets; empty when the
+    #: file came from the cache.
     raw: dict[Hashable, Any]
+    #: The validated file; for a file from the cache, only its targets.
     document: doc.Document | None = None
+    #: Targets with ${NAME} replaced.
+    targets: Any = None
+    #: What the file declares, when it has no problem of its own: what the cache keeps.
+    content: Content | None = None
+    key: Key | None = None
+    cached: bool = False
+    #: Its photos as read (or re-checked) in this load, for the cache.
+    photos: dict[str, PhotoSeen] = field(default_factory=dict)
     _root: Node | None = None
     _composed: bool = False
 
@@ -376,10 +390,15 @@ class _Report:
         return [problem for _, problem in ordered]
 
 
-def load(path: Path, *, env: Mapping[str, str], hasher: Hasher) -> Loaded:
+def load(
+    path: Path, *, env: Mapping[str, str], hasher: Hasher, cache: ParsedCache | None = None
+) -> Loaded:
     """Load, validate and cross-check the desired state at path (a file or a directory).
 
-    Raises DesiredError with every problem found.
+    With a cache, files whose bytes it holds are not parsed again, and the valid files parsed
+    now are added to it, even when the desired state as a whole is invalid (the next load,
+    after the fix, then re-parses only the fixed file). Raises DesiredError with every problem
+    found.
     """
     sources = desired_files(path)
     report = _Report()
@@ -388,28 +407,68 @@ def load(path: Path, *, env: Mapping[str, str], hasher: Hasher) -> Loaded:
         files = [
             file
             for index, source in enumerate(sources)
-            if (file := _read(index, source, env, report)) is not None
+            if (file := _read(index, source, env, report, cache)) is not None
         ]
         photos = _check_persons(files, report)
         _check_departments(files, report)
         targets = _check_targets(files, report)
+        if cache is not None:
+            _remember(files, cache)
         if report.items:
             raise DesiredError(report.problems())
         persons = _persons(files, photos)
     departments = _parents_first(
         [
-            Department(id=entry.id, name=entry.name, parent=entry.parent)
+            Department(id=department_id, name=name, parent=parent)
             for file in files
-            if file.document is not None
-            for entry in file.document.departments
+            if file.content is not None
+            for department_id, name, parent, _ in file.content.departments
         ]
     )
     desired = Desired(
         persons=persons,
         departments=departments,
-        digest=desired_digest(persons, departments, hasher),
+        digest=_digest(persons, departments, hasher, cache, files, photos),
     )
-    return Loaded(desired=desired, targets=targets, files=tuple(sources))
+    return Loaded(
+        desired=desired,
+        targets=targets,
+        files=tuple(sources),
+        parsed=tuple(file.source for file in files if not file.cached),
+    )
+
+
+def _digest(
+    persons: dict[str, Person],
+    departments: tuple[Department, ...],
+    hasher: Hasher,
+    cache: ParsedCache | None,
+    files: list[_File],
+    photos: dict[tuple[int, int], Photo],
+) -> str:
+    """desired_digest, or the one the cache kept for the same files, photos and key."""
+    if cache is None:
+        return desired_digest(persons, departments, hasher)
+    inputs = [file.key.name for file in files if file.key is not None]
+    inputs += [f"{at[0]}:{at[1]}:{photo.digest}" for at, photo in photos.items()]
+    identity = hasher.digest(inputs)
+    digest = cache.digest(identity)
+    if digest is None:
+        digest = desired_digest(persons, departments, hasher)
+        cache.remember_digest(identity, digest)
+    return digest
+
+
+def _remember(files: list[_File], cache: ParsedCache) -> None:
+    """Store the valid files parsed now, and those whose photos changed; drop the rest."""
+    for file in files:
+        content, key = file.content, file.key
+        if content is None or key is None:
+            continue
+        if not file.cached or file.photos != content.photos:
+            content.photos = file.photos
+            cache.put(key, content)
+    cache.retain({file.key.name for file in files if file.key is not None})
 
 
 def desired_files(path: Path) -> list[str]:
@@ -430,12 +489,24 @@ def desired_files(path: Path) -> list[str]:
     return [str(path / name) for name in names]
 
 
-def _read(index: int, source: str, env: Mapping[str, str], report: _Report) -> _File | None:
+def _read(
+    index: int,
+    source: str,
+    env: Mapping[str, str],
+    report: _Report,
+    cache: ParsedCache | None,
+) -> _File | None:
     try:
         data = Path(source).read_bytes()
     except OSError as exc:
         report.at(index, source, f"cannot be read: {exc.strerror or exc}")
         return None
+    key: Key | None = None
+    if cache is not None:
+        key = cache.key(data)
+        if (cached := cache.get(key)) is not None:
+            return _from_cache(index, source, data, key, cached, env, report)
+    problems = len(report.items)
     loader = _Loader(data)
     try:
         content = loader.get_single_data()
@@ -470,11 +541,11 @@ def _read(index: int, source: str, env: Mapping[str, str], report: _Report) -> _
         target_lines=loader.target_lines,
         raw=dict(content) if isinstance(content, dict) else {},
     )
-    for key, first, later in loader.duplicates:
+    for name, first, later in loader.duplicates:
         report.at(
             index,
             source,
-            f"duplicate key '{key}' (first at line {first.line + 1}): YAML would keep the last",
+            f"duplicate key '{name}' (first at line {first.line + 1}): YAML would keep the last",
             line=later.line + 1,
             column=later.column + 1,
             person_id=file.person_at(later.line),
@@ -493,18 +564,100 @@ def _read(index: int, source: str, env: Mapping[str, str], report: _Report) -> _
             "supported in this version; declare persons under persons:",
             key=True,
         )
-    targets = file.raw.get("targets")
-    if isinstance(targets, dict):
-        issues: list[tuple[KeyPath, str]] = []
-        file.raw["targets"] = _interpolate(targets, ("targets",), env, issues)
-        for path, message in issues:
-            report.node(file, path, message)
+    written = file.raw.get("targets")
+    if isinstance(written, dict):
+        file.raw["targets"] = _interpolated(file, written, env, report)
+    file.targets = file.raw.get("targets")
     try:
         file.document = doc.Document.model_validate(file.raw)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             _report_error(file, error, report)
+    if file.document is not None and len(report.items) == problems:
+        file.content = _content(file, written if isinstance(written, dict) else {})
+        file.key = key
     return file
+
+
+def _from_cache(
+    index: int,
+    source: str,
+    data: bytes,
+    key: Key,
+    content: Content,
+    env: Mapping[str, str],
+    report: _Report,
+) -> _File:
+    """A file the cache holds: only its targets are interpolated and validated again."""
+    file = _File(
+        index=index,
+        source=source,
+        data=data,
+        mapping_lines={},
+        target_lines=content.target_lines,
+        raw={},
+        content=content,
+        key=key,
+        cached=True,
+    )
+    file.targets = _interpolated(file, content.targets, env, report)
+    try:
+        file.document = doc.Document.model_validate({"version": 1, "targets": file.targets})
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            _report_error(file, error, report)
+    return file
+
+
+def _content(file: _File, targets: dict[Hashable, Any]) -> Content:
+    """A valid parsed file's declarations, in the cache's form."""
+    assert file.document is not None
+    persons = [
+        (
+            entry.id,
+            entry.name,
+            entry.type,
+            entry.job_number,
+            entry.email,
+            entry.phone,
+            entry.department,
+            entry.groups,
+            entry.card,
+            entry.id_number,
+            entry.pin,
+            entry.admin,
+            entry.remark,
+            entry.valid_from,
+            entry.valid_until,
+            entry.photo,
+            entry.labels,
+            entry.protected,
+            file.line_of(raw),
+        )
+        for entry, raw in zip(file.document.persons, file.entries("persons"), strict=True)
+    ]
+    departments = [
+        (entry.id, entry.name, entry.parent, file.line_of(raw))
+        for entry, raw in zip(file.document.departments, file.entries("departments"), strict=True)
+    ]
+    return Content(
+        persons=persons,
+        departments=departments,
+        # A valid file's target names are strings (the document says so).
+        targets={str(name): value for name, value in targets.items()},
+        target_lines=file.target_lines,
+        photos={},
+    )
+
+
+def _interpolated(
+    file: _File, targets: dict[Any, Any], env: Mapping[str, str], report: _Report
+) -> Any:
+    issues: list[tuple[KeyPath, str]] = []
+    replaced = _interpolate(targets, ("targets",), env, issues)
+    for path, message in issues:
+        report.node(file, path, message)
+    return replaced
 
 
 def _interpolate(
@@ -628,6 +781,8 @@ def _report_key_error(
 
 
 def _person_id(file: _File, index: str | int) -> str | None:
+    if file.content is not None:
+        return str(file.content.persons[int(index)][0])
     entry = file.entries("persons")[int(index)]
     if not isinstance(entry, dict):
         return None
@@ -670,102 +825,148 @@ def _not_a_string(label: str, value: object, raw: str | None) -> str:
     return f"{label} must be a string: write the value in quotes"
 
 
+def _person_entries(file: _File) -> Iterator[tuple[int, str | None, Any, Any, int | None]]:
+    """(index, id if a string, photo, department, line) of each person entry that is a mapping:
+    from the raw entries of a file with problems, so that the checks across files still see
+    every person whose own entry is fine."""
+    if file.content is not None:
+        for index, row in enumerate(file.content.persons):
+            yield index, row[0], row[_PHOTO], row[_DEPARTMENT], row[_LINE]
+        return
+    for index, entry in enumerate(file.entries("persons")):
+        if isinstance(entry, dict):
+            raw_id = entry.get("id")
+            person_id = raw_id if isinstance(raw_id, str) else None
+            line = file.line_of(entry)
+            yield index, person_id, entry.get("photo"), entry.get("department"), line
+
+
+def _department_entries(file: _File) -> Iterator[tuple[int, str, Any, int | None]]:
+    """(index, id, parent, line) of each department entry with a string id."""
+    if file.content is not None:
+        for index, (department_id, _, parent, line) in enumerate(file.content.departments):
+            yield index, department_id, parent, line
+        return
+    for index, entry in enumerate(file.entries("departments")):
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            yield index, entry["id"], entry.get("parent"), file.line_of(entry)
+
+
+_PHOTO = PERSON_FIELDS.index("photo")
+_DEPARTMENT = PERSON_FIELDS.index("department")
+_LINE = PERSON_FIELDS.index("line")
+
+
 def _check_persons(files: list[_File], report: _Report) -> dict[tuple[int, int], Photo]:
     """Duplicate ids and photos, from the raw entries so that they are found even when some
     other person of the file fails validation. Returns the photos by (file, entry)."""
-    first: dict[str, tuple[_File, object]] = {}
+    first: dict[str, tuple[_File, int | None]] = {}
     photos: dict[tuple[int, int], Photo] = {}
-    read: dict[Path, Photo | str] = {}
+    read: dict[str, tuple[Photo | str, PhotoSeen | None]] = {}
     for file in files:
-        base = Path(file.source).parent
-        for index, entry in enumerate(file.entries("persons")):
-            if not isinstance(entry, dict):
-                continue
-            raw_id = entry.get("id")
-            person_id = raw_id if isinstance(raw_id, str) else _person_id(file, index)
-            if isinstance(raw_id, str):
+        base = os.path.abspath(os.path.dirname(file.source))
+        known = file.content.photos if file.content is not None else {}
+        for index, raw_id, photo, _, line in _person_entries(file):
+            if raw_id is not None:
                 if raw_id in first:
-                    where, other = first[raw_id]
-                    message = f"duplicate id {raw_id} (first declared at {_at(where, other)})"
+                    where, at_line = first[raw_id]
+                    message = f"duplicate id {raw_id} (first declared at {_at(where, at_line)})"
                     report.node(file, ("persons", index, "id"), message, person_id=raw_id)
                 else:
-                    first[raw_id] = (file, entry)
-            photo = entry.get("photo")
+                    first[raw_id] = (file, line)
             if isinstance(photo, str) and photo:
-                path = Path(os.path.abspath(base / photo))
+                path = os.path.normpath(os.path.join(base, photo))
                 if path not in read:
-                    read[path] = _read_photo(path)
-                outcome = read[path]
+                    read[path] = _photo(path, known.get(path))
+                outcome, seen = read[path]
+                if seen is not None:
+                    file.photos[path] = seen
                 if isinstance(outcome, Photo):
                     photos[file.index, index] = outcome
                 else:
+                    person_id = raw_id if raw_id is not None else _person_id(file, index)
                     at = ("persons", index, "photo")
                     report.node(file, at, f"photo {photo} {outcome}", person_id=person_id)
     return photos
 
 
-def _at(file: _File, entry: object) -> str:
-    line = file.line_of(entry)
+def _at(file: _File, line: int | None) -> str:
     return file.source if line is None else f"{file.source}:{line}"
 
 
-def _read_photo(path: Path) -> Photo | str:
-    """The photo at path, or why it cannot be one (the rest of a sentence)."""
+def _photo(path: str, known: PhotoSeen | None) -> tuple[Photo | str, PhotoSeen | None]:
+    """The photo at path (from what the cache last saw of it, while its stat is the same)."""
+    if known is not None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            info = None
+        if info is not None and known.matches(info):
+            photo = Photo(
+                path=path, digest=known.digest, media_type=known.media_type, size=known.size
+            )
+            return photo, known
+    return _read_photo(path)
+
+
+def _read_photo(path: str) -> tuple[Photo | str, PhotoSeen | None]:
+    """The photo at path, or why it cannot be one (the rest of a sentence); and what the cache
+    may remember of it."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            return f"is not a regular file ({path})"
-        data = path.read_bytes()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return f"is not a regular file ({path})", None
+        with open(path, "rb") as handle:
+            # The stat before the read: a write during the read changes it, so the next load
+            # reads the photo again.
+            info = os.fstat(handle.fileno())
+            data = handle.read()
     except FileNotFoundError:
-        return f"does not exist ({path})"
+        return f"does not exist ({path})", None
     except OSError as exc:
-        return f"cannot be read ({path}): {exc.strerror or exc}"
+        return f"cannot be read ({path}): {exc.strerror or exc}", None
     if data.startswith(_JPEG_MAGIC):
         media_type = "image/jpeg"
     elif data.startswith(_PNG_MAGIC):
         media_type = "image/png"
     else:
-        return f"is not a JPG or PNG image ({path})"
+        return f"is not a JPG or PNG image ({path})", None
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    return Photo(path=str(path), digest=digest, media_type=media_type, size=len(data))
+    photo = Photo(path=path, digest=digest, media_type=media_type, size=len(data))
+    return photo, PhotoSeen.settled(info, digest, media_type)
 
 
 @dataclass(frozen=True, slots=True)
 class _Declared:
     file: _File
     index: int
-    entry: dict[Hashable, Any]
+    parent: Any
+    line: int | None
 
 
 def _check_departments(files: list[_File], report: _Report) -> None:
     """Duplicate ids, unknown parents, cycles, and persons' departments, from raw entries."""
     declared: dict[str, _Declared] = {}
     for file in files:
-        for index, entry in enumerate(file.entries("departments")):
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-                continue
-            department_id = entry["id"]
+        for index, department_id, parent, line in _department_entries(file):
             if department_id in declared:
                 other = declared[department_id]
                 message = (
                     f"duplicate department id {department_id} "
-                    f"(first declared at {_at(other.file, other.entry)})"
+                    f"(first declared at {_at(other.file, other.line)})"
                 )
                 report.node(file, ("departments", index, "id"), message)
             else:
-                declared[department_id] = _Declared(file, index, entry)
+                declared[department_id] = _Declared(file, index, parent, line)
     if not declared:
         return
     for department_id, found in declared.items():
-        parent = found.entry.get("parent")
+        parent = found.parent
         if isinstance(parent, str) and parent and parent not in declared:
             message = f"department {department_id}: parent '{parent}' is not a declared department"
             report.node(found.file, ("departments", found.index, "parent"), message)
     _check_cycles(declared, report)
     for file in files:
-        for index, entry in enumerate(file.entries("persons")):
-            if not isinstance(entry, dict):
-                continue
-            department = entry.get("department")
+        for index, _, _, department, _ in _person_entries(file):
             if isinstance(department, str) and department and department not in declared:
                 report.node(
                     file,
@@ -783,7 +984,7 @@ def _check_cycles(declared: dict[str, _Declared], report: _Report) -> None:
         current = start
         while current in declared and current not in done and current not in chain:
             chain.append(current)
-            parent = declared[current].entry.get("parent")
+            parent = declared[current].parent
             current = parent if isinstance(parent, str) else ""
         if current in chain:
             cycle = chain[chain.index(current) :]
@@ -801,7 +1002,7 @@ def _check_targets(files: list[_File], report: _Report) -> dict[str, RawTarget]:
     first: dict[str, _File] = {}
     targets: dict[str, RawTarget] = {}
     for file in files:
-        raw = file.raw.get("targets")
+        raw = file.targets
         if not isinstance(raw, dict):
             continue
         for name, settings in raw.items():
@@ -827,34 +1028,58 @@ def _check_targets(files: list[_File], report: _Report) -> dict[str, RawTarget]:
 
 
 def _persons(files: list[_File], photos: dict[tuple[int, int], Photo]) -> dict[str, Person]:
+    """The Persons of valid files: the same code for parsed and cached ones."""
     persons: dict[str, Person] = {}
     for file in files:
-        assert file.document is not None
-        for index, (entry, raw) in enumerate(
-            zip(file.document.persons, file.entries("persons"), strict=True)
-        ):
-            persons[entry.id] = Person(
-                id=entry.id,
-                name=entry.name,
-                type=_PERSON_TYPES[entry.type],
-                job_number=entry.job_number,
-                email=entry.email,
-                phone=entry.phone,
-                department=entry.department,
-                groups=tuple(entry.groups),
-                card=entry.card,
-                id_number=entry.id_number,
-                pin=entry.pin,
-                admin=entry.admin,
-                remark=entry.remark,
-                valid_from=entry.valid_from,
-                valid_until=entry.valid_until,
+        assert file.content is not None
+        for index, (
+            person_id,
+            name,
+            person_type,
+            job_number,
+            email,
+            phone,
+            department,
+            groups,
+            card,
+            id_number,
+            pin,
+            admin,
+            remark,
+            valid_from,
+            valid_until,
+            _,
+            labels,
+            protected,
+            line,
+        ) in enumerate(file.content.persons):
+            persons[person_id] = Person(
+                id=person_id,
+                name=name,
+                type=_PERSON_TYPES[person_type],
+                job_number=job_number,
+                email=email,
+                phone=phone,
+                department=department,
+                groups=tuple(groups),
+                card=card,
+                id_number=id_number,
+                pin=pin,
+                admin=admin,
+                remark=remark,
+                valid_from=_datetime(valid_from),
+                valid_until=_datetime(valid_until),
                 photo=photos.get((file.index, index)),
-                labels=entry.labels,
-                protected=entry.protected,
-                origin=Origin(source=file.source, line=file.line_of(raw)),
+                labels=labels,
+                protected=protected,
+                origin=Origin(source=file.source, line=line),
             )
     return dict(sorted(persons.items()))
+
+
+def _datetime(value: datetime | str | None) -> datetime | None:
+    # A cached entry keeps them as ISO 8601 text, which fromisoformat reads back exactly.
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def _parents_first(departments: list[Department]) -> tuple[Department, ...]:

@@ -21,6 +21,7 @@ from reconciler.core.records import Hasher
 from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
 from reconciler.sources import yamlfile
+from reconciler.sources.parsed import ParsedCache
 from reconciler.sources.yamlfile import Loaded, RawTarget
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
@@ -76,6 +77,8 @@ class App:
     backoff: Backoff | None = None
     #: The targets selected with --target; None: every target of the desired state.
     selected: frozenset[str] | None = None
+    #: Where reloads of the desired state find the files parsed before.
+    parsed: ParsedCache | None = None
 
     async def replace_desired(self, desired: Validated) -> None:
         """Switch to a new (valid) desired state; rebuild only targets whose settings changed,
@@ -109,11 +112,14 @@ def validate(
     env: Mapping[str, str] | None = None,
     hasher: Hasher | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    cache: ParsedCache | None = None,
 ) -> Validated:
     """Load the desired state and validate every target's settings. No network, no store."""
     # validate needs no stable key: a digest it computes is never compared with anything.
     hasher = hasher or Hasher(os.urandom(32))
-    loaded = yamlfile.load(path, env=Environment() if env is None else env, hasher=hasher)
+    loaded = yamlfile.load(
+        path, env=Environment() if env is None else env, hasher=hasher, cache=cache
+    )
     problems: list[Problem] = []
     settings: dict[str, TargetSettings] = {}
     for name, raw in loaded.targets.items():
@@ -167,6 +173,16 @@ def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -
         raise DesiredError(problems) from None
 
 
+def parsed_cache(
+    settings: Settings, desired: Path, *, existing: bool = False
+) -> ParsedCache | None:
+    """The cache of parsed desired files in the state directory; with existing, None when
+    there is no state directory yet (so `validate` in a CI checkout creates nothing)."""
+    if existing and not settings.state_dir.is_dir():
+        return None
+    return ParsedCache(settings.state_dir / "desired-cache", desired)
+
+
 def store_path(settings: Settings) -> Path:
     url = settings.resolved_store_url
     parsed = urlparse(url)
@@ -195,11 +211,11 @@ async def open_app(
     """Open the store, load and validate the desired state, build the selected targets."""
     store = await SqliteStore.open(store_path(settings))
     built: dict[str, Target] = {}
+    path = desired_path or settings.desired
+    cache = parsed_cache(settings, path)
     try:
         hasher = Hasher(await store.fingerprint_key())
-        desired = validate(
-            desired_path or settings.desired, env=env, hasher=hasher, overrides=overrides
-        )
+        desired = validate(path, env=env, hasher=hasher, overrides=overrides, cache=cache)
         names = sorted(desired.targets)
         if targets:
             unknown = sorted(set(targets) - set(names))
@@ -219,6 +235,7 @@ async def open_app(
             hasher=hasher,
             backoff=backoff,
             selected=frozenset(targets) if targets else None,
+            parsed=cache,
         )
         yield app
         built = app.targets

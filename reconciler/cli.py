@@ -111,7 +111,8 @@ def cli(
 @common
 def validate(options: Options) -> int:
     """Load and validate the desired state; no network."""
-    validated = composition.validate(options.file)
+    cache = composition.parsed_cache(options.settings, options.file, existing=True)
+    validated = composition.validate(options.file, cache=cache)
     loaded = validated.loaded
     persons = len(loaded.desired.persons)
     click.echo(

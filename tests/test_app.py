@@ -9,6 +9,7 @@ import pytest
 
 from reconciler import app
 from reconciler.errors import DesiredError
+from reconciler.settings import Settings
 from reconciler.sources.document import Kind
 from reconciler.targets import KINDS
 
@@ -108,3 +109,31 @@ def test_secrets_come_from_the_environment_then_systemd_credentials(tmp_path: Pa
     assert env.get("../etc/passwd") is None
     both = app.Environment({"CREDENTIALS_DIRECTORY": str(credentials), "LOBBY_PASSWORD": "env"})
     assert both.get("LOBBY_PASSWORD") == "env"
+
+
+async def test_the_state_dir_keeps_the_parsed_files_for_the_next_load(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "10-targets.yaml").write_text(HEADER.format(kind="nebula_pass") + GOOD)
+    (conf / "20-persons.yaml").write_text('version: 1\npersons:\n  - {id: "1", name: A}\n')
+    settings = Settings(state_dir=tmp_path / "state", desired=conf)
+    env = {"PW": "pw-value-9931"}
+    # `validate` creates no state dir (a CI checkout of the desired state stays clean).
+    assert app.parsed_cache(settings, conf, existing=True) is None
+    assert app.validate(conf, env=env).loaded.parsed == (
+        str(conf / "10-targets.yaml"),
+        str(conf / "20-persons.yaml"),
+    )
+    assert not settings.state_dir.exists()
+
+    async with app.open_app(settings, env=env) as opened:
+        assert len(opened.desired.loaded.parsed) == 2
+        assert opened.parsed is not None
+        # The daemon's reload after an edit of one file parses that file only.
+        (conf / "20-persons.yaml").write_text('version: 1\npersons:\n  - {id: "1", name: B}\n')
+        reloaded = app.validate(conf, env=env, hasher=opened.hasher, cache=opened.parsed)
+        assert reloaded.loaded.parsed == (str(conf / "20-persons.yaml"),)
+        assert reloaded.loaded.desired.persons["1"].name == "B"
+    cache = app.parsed_cache(settings, conf, existing=True)
+    assert cache is not None
+    assert app.validate(conf, env=env, cache=cache).loaded.parsed == ()

@@ -257,7 +257,7 @@ class Daemon:
             return
         try:
             validated = await asyncio.to_thread(
-                composition.validate, self.desired_path, hasher=app.hasher
+                composition.validate, self.desired_path, hasher=app.hasher, cache=app.parsed
             )
         except DesiredError as exc:
             self._signature = current  # refused once; reported until the files change again
@@ -269,6 +269,7 @@ class Daemon:
         log.info(
             "desired.loaded",
             files=list(validated.loaded.files),
+            parsed=list(validated.loaded.parsed),
             persons=len(validated.loaded.desired.persons),
             targets=sorted(app.targets),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import textwrap
 import threading
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from reconciler.core import records
 from reconciler.core.records import Hasher
 from reconciler.errors import DesiredError, Problem
 from reconciler.sources import parsed, yamlfile
-from reconciler.sources.parsed import ParsedCache
+from reconciler.sources.parsed import ParsedCache, PhotoSeen
 from reconciler.sources.yamlfile import Loaded, load
 
 HASHER = Hasher(b"test-key")
@@ -80,6 +81,22 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 def settled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Photos written by the test a moment ago count as settled (their hashes are kept)."""
     monkeypatch.setattr(parsed, "_SETTLED_NS", 0)
+
+
+def rewrite_after_a_tick(path: Path, data: bytes) -> None:
+    """Write path once the file system's clock has moved past the file's ctime: a rewrite in
+    the same tick keeps the stat unchanged, which the cache's settle window is for (and which
+    the `settled` fixture turns off)."""
+    created = os.stat(path).st_ctime_ns
+    probe = path.with_name(".tick")
+    for _ in range(100_000):  # a tick is at most a few milliseconds
+        probe.write_bytes(b"")
+        if os.stat(probe).st_ctime_ns != created:
+            break
+    else:
+        raise AssertionError("the file system clock did not move")
+    probe.unlink()
+    path.write_bytes(data)
 
 
 def write(name: str, text: str) -> Path:
@@ -284,7 +301,7 @@ def test_a_changed_photo_is_read_again(one_file: Path, settled: None) -> None:
     first = load_with(one_file).desired.persons["1001"].photo
     # Same size, and the modification time put back: only the inode / ctime can tell.
     before = os.stat("photos/1001.jpg")
-    Path("photos/1001.jpg").write_bytes(JPG[:-1] + b"\x01")
+    rewrite_after_a_tick(Path("photos/1001.jpg"), JPG[:-1] + b"\x01")
     os.utime("photos/1001.jpg", ns=(before.st_atime_ns, before.st_mtime_ns))
 
     second = load_with(one_file)
@@ -312,6 +329,41 @@ def test_a_missing_photo_is_a_problem_even_when_cached(one_file: Path) -> None:
     load_with(one_file)
     Path("photos/1001.jpg").unlink()
     assert problems(one_file, cached=True) == problems(one_file, cached=False)
+
+
+def test_what_is_remembered_of_a_photo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(JPG)
+    info = os.stat(photo)
+    # Too fresh to trust: a second write in the same timestamp tick would look the same.
+    assert PhotoSeen.settled(info, "sha256:x", "image/jpeg") is None
+    monkeypatch.setattr(parsed, "_SETTLED_NS", 0)
+    seen = PhotoSeen.settled(info, "sha256:x", "image/jpeg")
+    assert seen is not None
+    assert seen.matches(info)
+
+    def changed(**values: int) -> os.stat_result:
+        # The ten stat fields in order, then the nanosecond times the cache compares.
+        plain = [info.st_mode, info.st_ino, info.st_dev, 1, 0, 0, info.st_size, 0, 0, 0]
+        order = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size")
+        for name, value in values.items():
+            if name in order:
+                plain[order.index(name)] = value
+        times = {"st_mtime_ns": info.st_mtime_ns, "st_ctime_ns": info.st_ctime_ns}
+        times.update({k: v for k, v in values.items() if k in times})
+        return os.stat_result(plain, times)
+
+    assert seen.matches(changed())
+    for name, value in [
+        ("st_ino", info.st_ino + 1),
+        ("st_dev", info.st_dev + 1),
+        ("st_size", info.st_size + 1),
+        ("st_mtime_ns", info.st_mtime_ns + 1),
+        ("st_ctime_ns", info.st_ctime_ns + 1),
+        ("st_mode", stat.S_IFDIR | 0o755),
+    ]:
+        rebuilt = changed(**{name: value})
+        assert not seen.matches(rebuilt), name
 
 
 @pytest.fixture
@@ -374,7 +426,7 @@ def test_the_desired_digest_is_kept_for_the_same_files_photos_and_key(
     assert load_with(one_file).desired.digest == digest
     assert len(digests) == 4
     # A changed photo changes the digest.
-    Path("photos/1001.jpg").write_bytes(JPG[:-1] + b"\x03")
+    rewrite_after_a_tick(Path("photos/1001.jpg"), JPG[:-1] + b"\x03")
     changed = load_with(one_file).desired.digest
     assert changed != digest
     assert changed == records.desired_digest(

@@ -858,8 +858,9 @@ _LINE = PERSON_FIELDS.index("line")
 
 
 def _check_persons(files: list[_File], report: _Report) -> dict[tuple[int, int], Photo]:
-    """Duplicate ids and photos, from the raw entries so that they are found even when some
-    other person of the file fails validation. Returns the photos by (file, entry)."""
+    """Duplicate ids and photos, across every file (see _person_entries), so that they are found
+    even when some other person of a file fails validation. Returns the photos by (file, entry);
+    a cached file's photos are only re-read when their stat changed."""
     first: dict[str, tuple[_File, int | None]] = {}
     photos: dict[tuple[int, int], Photo] = {}
     read: dict[str, tuple[Photo | str, PhotoSeen | None]] = {}
@@ -944,7 +945,7 @@ class _Declared:
 
 
 def _check_departments(files: list[_File], report: _Report) -> None:
-    """Duplicate ids, unknown parents, cycles, and persons' departments, from raw entries."""
+    """Duplicate ids, unknown parents, cycles, and persons' departments, across every file."""
     declared: dict[str, _Declared] = {}
     for file in files:
         for index, department_id, parent, line in _department_entries(file):

@@ -417,19 +417,21 @@ def load(
         if report.items:
             raise DesiredError(report.problems())
         persons = _persons(files, photos)
-    departments = _parents_first(
-        [
-            Department(id=department_id, name=name, parent=parent)
-            for file in files
-            if file.content is not None
-            for department_id, name, parent, _ in file.content.departments
-        ]
-    )
-    desired = Desired(
-        persons=persons,
-        departments=departments,
-        digest=_digest(persons, departments, hasher, cache, files, photos),
-    )
+        departments = _parents_first(
+            [
+                Department(id=department_id, name=name, parent=parent)
+                for file in files
+                if file.content is not None
+                for department_id, name, parent, _ in file.content.departments
+            ]
+        )
+        # Still paused: the digest allocates a document per person, and a collection now would
+        # walk every object the load has built (1.4 s of 2 at 100 000 persons).
+        desired = Desired(
+            persons=persons,
+            departments=departments,
+            digest=_digest(persons, departments, hasher, cache, files, photos),
+        )
     return Loaded(
         desired=desired,
         targets=targets,

@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from reconciler.core import persons, records
 
 #: A person as the cache keeps it, in this order; valid_from / valid_until are ISO 8601 text
-#: in an entry and datetimes once parsed. `photo` is the path as written in the file.
+#: (which datetime.fromisoformat reads back exactly), `photo` the path as written in the file.
 PERSON_FIELDS = (
     "id",
     "name",
@@ -57,7 +56,6 @@ PERSON_FIELDS = (
     "protected",
     "line",
 )
-_DATETIMES = (PERSON_FIELDS.index("valid_from"), PERSON_FIELDS.index("valid_until"))
 #: Bump when the meaning of an entry changes in a way the code digest below cannot see.
 _FORMAT = b"reconciler parsed desired file 1"
 _MAGIC = b"RPD1"
@@ -136,12 +134,8 @@ class Content:
         """The entry's plain text; None when some value would not survive JSON unchanged."""
         if not _json_safe(self.targets):
             return None
-        persons = [
-            [*row[: _DATETIMES[0]], *(_iso(row[i]) for i in _DATETIMES), *row[_DATETIMES[1] + 1 :]]
-            for row in self.persons
-        ]
         body = {
-            "persons": persons,
+            "persons": self.persons,
             "departments": self.departments,
             "targets": self.targets,
             "target_lines": self.target_lines,
@@ -179,11 +173,6 @@ class Content:
             target_lines=dict(body["target_lines"]),
             photos={path: PhotoSeen(*seen) for path, seen in body["photos"].items()},
         )
-
-
-def _iso(value: Any) -> Any:
-    # Rows parsed now hold datetimes; rows from an entry (rewritten for a photo) hold the text.
-    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def _json_safe(value: Any) -> bool:

@@ -116,13 +116,18 @@ class _Loader(yaml.CSafeLoader):
         self._plain_tags: dict[str, str] = {}
 
     def resolve(self, kind: type[Node], value: Any, implicit: tuple[bool, bool]) -> Any:
-        # Without path resolvers (SafeLoader has none) a plain scalar's tag depends on its text.
-        plain = kind is ScalarNode and implicit[0]
-        if plain and (tag := self._plain_tags.get(value)) is not None:
-            return tag
-        tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
-        if plain and len(self._plain_tags) < _RESOLVE_CACHE:
-            self._plain_tags[value] = tag
+        # Called for every node. Without path resolvers (SafeLoader has none) only a plain
+        # scalar's tag depends on its text: a quoted one is a string, collections are maps and
+        # sequences, as BaseResolver.resolve would answer after a few more steps.
+        if kind is not ScalarNode:
+            return _MAP_TAG if kind is MappingNode else _SEQ_TAG
+        if not implicit[0]:
+            return _STR_TAG
+        tag = self._plain_tags.get(value)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+            if len(self._plain_tags) < _RESOLVE_CACHE:
+                self._plain_tags[value] = tag
         return tag
 
     def construct_document(self, node: Node) -> Any:
@@ -157,22 +162,32 @@ class _Loader(yaml.CSafeLoader):
             self.mapping_lines[id(data)] = node.start_mark.line + 1
             merges: list[Node] = []
             for key_node, value_node in node.value:
-                if key_node.tag == _MERGE_TAG:
+                # Strings (nearly every key and value) inline: a call per node is a third of
+                # the time of this walk.
+                if key_node.__class__ is ScalarNode and key_node.tag == _STR_TAG:
+                    key = key_node.value
+                    if key in data:
+                        self._record_duplicate(node, key, key_node)
+                elif key_node.tag == _MERGE_TAG:
                     merges.append(value_node)
                     continue
-                key = self._build(key_node)
-                try:
-                    present = key in data
-                except TypeError:
-                    raise ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        "found unhashable key",
-                        key_node.start_mark,
-                    ) from None
-                if present:
-                    self._record_duplicate(node, key, key_node)
-                data[key] = self._build(value_node)
+                else:
+                    key = self._build(key_node)
+                    try:
+                        present = key in data
+                    except TypeError:
+                        raise ConstructorError(
+                            "while constructing a mapping",
+                            node.start_mark,
+                            "found unhashable key",
+                            key_node.start_mark,
+                        ) from None
+                    if present:
+                        self._record_duplicate(node, key, key_node)
+                if value_node.__class__ is ScalarNode and value_node.tag == _STR_TAG:
+                    data[key] = value_node.value
+                else:
+                    data[key] = self._build(value_node)
             for merged in merges:
                 self._merge(node, data, merged)
             return data
@@ -180,7 +195,10 @@ class _Loader(yaml.CSafeLoader):
             items: list[Any] = []
             self._built[node] = items
             for item in node.value:
-                items.append(self._build(item))
+                if item.__class__ is ScalarNode and item.tag == _STR_TAG:
+                    items.append(item.value)
+                else:
+                    items.append(self._build(item))
             return items
         return self.construct_object(node, deep=True)
 
@@ -629,8 +647,8 @@ def _content(file: _File, targets: dict[Hashable, Any]) -> Content:
             entry.pin,
             entry.admin,
             entry.remark,
-            entry.valid_from,
-            entry.valid_until,
+            entry.valid_from.isoformat() if entry.valid_from else None,
+            entry.valid_until.isoformat() if entry.valid_until else None,
             entry.photo,
             entry.labels,
             entry.protected,
@@ -1080,9 +1098,9 @@ def _persons(files: list[_File], photos: dict[tuple[int, int], Photo]) -> dict[s
     return dict(sorted(persons.items()))
 
 
-def _datetime(value: datetime | str | None) -> datetime | None:
-    # A cached entry keeps them as ISO 8601 text, which fromisoformat reads back exactly.
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
+def _datetime(value: str | None) -> datetime | None:
+    # Rows keep them as ISO 8601 text (as the cache does), which fromisoformat reads back exactly.
+    return datetime.fromisoformat(value) if value is not None else None
 
 
 def _parents_first(departments: list[Department]) -> tuple[Department, ...]:

@@ -77,9 +77,13 @@ class App:
     #: The targets selected with --target; None: every target of the desired state.
     selected: frozenset[str] | None = None
 
+    def __post_init__(self) -> None:
+        _check_complete(self.desired)
+
     async def replace_desired(self, desired: Validated) -> None:
         """Switch to a new (valid) desired state; rebuild only targets whose settings changed,
         so an edit to persons never costs the terminals a new login."""
+        _check_complete(desired)
         old = self.desired
         for name in list(self.targets):
             same_kind = (
@@ -97,6 +101,12 @@ class App:
         for target in self.targets.values():
             await target.aclose()
         self.targets.clear()
+
+
+def _check_complete(desired: Validated) -> None:
+    if not desired.loaded.complete:
+        # A bug, not bad input: planning from it would delete every person of the sources.
+        raise RuntimeError("the persons_from sources of this desired state have not been read")
 
 
 def build_target(desired: Validated, name: str, backoff: Backoff | None) -> Target:

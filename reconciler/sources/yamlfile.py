@@ -57,12 +57,36 @@ class RawTarget:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PersonsSource:
+    """A persons_from entry as declared; sources.sql reads it (this module never does)."""
+
+    #: With ${NAME} replaced: it may hold a password, so it is never printed as is.
+    url: str = field(repr=False)
+    query: str = field(repr=False)
+    #: Seconds the database may take to answer.
+    timeout: float
+    #: The file that declares it, as the user wrote the path, and where in it.
+    source: str
+    line: int | None
+    #: Its position in that file's persons_from list.
+    index: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Loaded:
-    """A valid desired state, the targets declared beside it, and the files it came from."""
+    """A valid desired state, the targets declared beside it, and the files it came from.
+
+    With persons_from sources, `desired` holds only the persons declared in the files (and no
+    digest) until sources.sql has read the sources and merged their persons in.
+    """
 
     desired: Desired
     targets: Mapping[str, RawTarget]
     files: tuple[str, ...]
+    persons_from: tuple[PersonsSource, ...] = ()
+    #: False until the persons_from sources' persons are in `desired`: nothing may be planned
+    #: from an incomplete state (it would delete every person the sources hold).
+    complete: bool = True
 
 
 _MAP_TAG = "tag:yaml.org,2002:map"
@@ -83,6 +107,7 @@ _KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "": (*doc.Document.model_fields, "persons_from"),
     "persons": tuple(doc.Person.model_fields),
     "departments": tuple(doc.Department.model_fields),
+    "persons_from": tuple(doc.PersonsFrom.model_fields),
 }
 _YAML11_BOOLS = frozenset({"yes", "no", "on", "off", "y", "n"})
 _PERSON_TYPES = {t.value: t for t in PersonType}
@@ -296,9 +321,11 @@ class _File:
     data: bytes
     mapping_lines: dict[int, int]
     target_lines: dict[str, int]
-    #: The top-level mapping, with ${NAME} replaced under targets.
+    #: The top-level mapping, with ${NAME} replaced under targets and persons_from.
     raw: dict[Hashable, Any]
     document: doc.Document | None = None
+    #: The line of each persons_from entry (interpolation copies the entries).
+    source_lines: list[int | None] = field(default_factory=list)
     _root: Node | None = None
     _composed: bool = False
 
@@ -396,6 +423,19 @@ def load(path: Path, *, env: Mapping[str, str], hasher: Hasher) -> Loaded:
         if report.items:
             raise DesiredError(report.problems())
         persons = _persons(files, photos)
+        declared = tuple(
+            PersonsSource(
+                url=entry.sql,
+                query=entry.query,
+                timeout=entry.timeout,
+                source=file.source,
+                line=file.source_lines[index] if index < len(file.source_lines) else None,
+                index=index,
+            )
+            for file in files
+            if file.document is not None
+            for index, entry in enumerate(file.document.persons_from)
+        )
     departments = _parents_first(
         [
             Department(id=entry.id, name=entry.name, parent=entry.parent)
@@ -404,12 +444,16 @@ def load(path: Path, *, env: Mapping[str, str], hasher: Hasher) -> Loaded:
             for entry in file.document.departments
         ]
     )
-    desired = Desired(
-        persons=persons,
-        departments=departments,
-        digest=desired_digest(persons, departments, hasher),
+    # With persons_from, the digest is computed once the sources' persons are merged in.
+    digest = "" if declared else desired_digest(persons, departments, hasher)
+    desired = Desired(persons=persons, departments=departments, digest=digest)
+    return Loaded(
+        desired=desired,
+        targets=targets,
+        files=tuple(sources),
+        persons_from=declared,
+        complete=not declared,
     )
-    return Loaded(desired=desired, targets=targets, files=tuple(sources))
 
 
 def desired_files(path: Path) -> list[str]:
@@ -484,19 +528,17 @@ def _read(index: int, source: str, env: Mapping[str, str], report: _Report) -> _
         message = f"{problem}: it must be a mapping with at least version: 1"
         report.at(index, source, message, line=1, column=1)
         return None
-    if "persons_from" in file.raw:
-        del file.raw["persons_from"]
-        report.node(
-            file,
-            ("persons_from",),
-            "persons_from is not available yet: reading persons from a database is not "
-            "supported in this version; declare persons under persons:",
-            key=True,
-        )
     targets = file.raw.get("targets")
     if isinstance(targets, dict):
         issues: list[tuple[KeyPath, str]] = []
         file.raw["targets"] = _interpolate(targets, ("targets",), env, issues)
+        for path, message in issues:
+            report.node(file, path, message)
+    sources = file.raw.get("persons_from")
+    if isinstance(sources, list):
+        file.source_lines = [file.line_of(entry) for entry in sources]
+        issues = []
+        file.raw["persons_from"] = _interpolate(sources, ("persons_from",), env, issues)
         for path, message in issues:
             report.node(file, path, message)
     try:
@@ -556,8 +598,13 @@ def _report_error(file: _File, error: ErrorDetails, report: _Report) -> None:
         entry = file.entries("departments")[int(loc[1])]
         if isinstance(entry, dict) and isinstance(entry.get("id"), str):
             prefix = f"department {entry['id']}: "
-    # Target values may hold interpolated secrets; pins and id numbers are sensitive.
-    echo = section != "targets" and not (rel and rel[0] in SENSITIVE_FIELDS)
+    # Target and persons_from values may hold interpolated secrets; pins and id numbers are
+    # sensitive.
+    echo = (
+        section != "targets"
+        and loc[0] != "persons_from"
+        and not (rel and rel[0] in SENSITIVE_FIELDS)
+    )
 
     if rel and rel[-1] == "[key]":
         _report_key_error(file, loc[:-1], section, kind, report, person_id)
@@ -568,7 +615,8 @@ def _report_error(file: _File, error: ErrorDetails, report: _Report) -> None:
         message = f"missing required key '{rel[-1]}'"
         position = loc[:-1]
     elif kind == "extra_forbidden":
-        message = _unknown_key(str(rel[-1]), _KNOWN_KEYS.get(section, ()))
+        owner = "persons_from" if loc[0] == "persons_from" and len(loc) == 3 else section
+        message = _unknown_key(str(rel[-1]), _KNOWN_KEYS.get(owner, ()))
         key = True
     elif kind == "invalid_key":
         message = f'keys must be strings: write "{rel[-1]}" in quotes'
@@ -694,7 +742,7 @@ def _check_persons(files: list[_File], report: _Report) -> dict[tuple[int, int],
             if isinstance(photo, str) and photo:
                 path = Path(os.path.abspath(base / photo))
                 if path not in read:
-                    read[path] = _read_photo(path)
+                    read[path] = read_photo(path)
                 outcome = read[path]
                 if isinstance(outcome, Photo):
                     photos[file.index, index] = outcome
@@ -709,7 +757,7 @@ def _at(file: _File, entry: object) -> str:
     return file.source if line is None else f"{file.source}:{line}"
 
 
-def _read_photo(path: Path) -> Photo | str:
+def read_photo(path: Path) -> Photo | str:
     """The photo at path, or why it cannot be one (the rest of a sentence)."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):

@@ -7,6 +7,7 @@ desired state) and builds the adapters. I/O only through the pieces it opens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from reconciler.core.records import Hasher
 from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
-from reconciler.sources import yamlfile
+from reconciler.sources import sql, yamlfile
 from reconciler.sources.yamlfile import Loaded, RawTarget
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
@@ -120,7 +121,8 @@ def validate(
     hasher: Hasher | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Validated:
-    """Load the desired state and validate every target's settings. No network, no store."""
+    """Load the desired state and validate every target's settings. No network, no store: the
+    persons_from sources are not read yet (read_sources does that)."""
     # validate needs no stable key: a digest it computes is never compared with anything.
     hasher = hasher or Hasher(os.urandom(32))
     loaded = yamlfile.load(path, env=Environment() if env is None else env, hasher=hasher)
@@ -134,6 +136,20 @@ def validate(
     if problems:
         raise DesiredError(problems)
     return Validated(loaded=loaded, targets=settings)
+
+
+async def read_sources(
+    validated: Validated, *, hasher: Hasher | None = None, reader: sql.Reader | None = None
+) -> Validated:
+    """The desired state with the persons of its persons_from sources, read now (again, if
+    they were before): queries the databases.
+
+    Raises DesiredError naming each source that could not be read and each bad row.
+    """
+    if not validated.loaded.persons_from:
+        return validated
+    loaded = await (reader or sql.Reader()).read(validated.loaded, hasher or Hasher(os.urandom(32)))
+    return dataclasses.replace(validated, loaded=loaded)
 
 
 def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -> TargetSettings:
@@ -202,7 +218,8 @@ async def open_app(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     backoff: Backoff | None = None,
 ) -> AsyncIterator[App]:
-    """Open the store, load and validate the desired state, build the selected targets."""
+    """Open the store, load and validate the desired state (its persons_from sources read),
+    build the selected targets."""
     store = await SqliteStore.open(store_path(settings))
     built: dict[str, Target] = {}
     try:
@@ -210,6 +227,7 @@ async def open_app(
         desired = validate(
             desired_path or settings.desired, env=env, hasher=hasher, overrides=overrides
         )
+        desired = await read_sources(desired, hasher=hasher)
         names = sorted(desired.targets)
         if targets:
             unknown = sorted(set(targets) - set(names))

@@ -1,12 +1,18 @@
-"""Shared fixtures: simulators on loopback, photo files, and a guard against leaked tasks."""
+"""Shared fixtures: simulators on loopback, photo files, the test PostgreSQL, and a guard against
+leaked tasks."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
 
 from reconciler.core.persons import Photo
@@ -43,6 +49,63 @@ def photos(tmp_path: Path) -> dict[str, Photo]:
             size=len(data),
         )
     return found
+
+
+#: The test PostgreSQL (DESIGN: trust auth, database test, user postgres).
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+#: Put in every URL the tests hand to the product: trust auth ignores it; no output may show it.
+POSTGRES_PASSWORD = "pg-pw-6f3a91"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A schema of this test's own on the test PostgreSQL."""
+
+    schema: str
+
+    @property
+    def url(self) -> str:
+        """The URL the product gets: with a password, and the schema first on the search path."""
+        options = quote(f"-csearch_path={self.schema}")
+        return f"postgresql://postgres:{POSTGRES_PASSWORD}@127.0.0.1:5432/test?options={options}"
+
+    def execute(self, *statements: str) -> list[tuple[object, ...]]:
+        """Runs the statements in the schema, committed; the rows of the last one, if any."""
+        rows: list[tuple[object, ...]] = []
+        with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'SET search_path TO "{self.schema}"')
+            for statement in statements:
+                cursor = connection.execute(statement)
+                rows = cursor.fetchall() if cursor.description else []
+        return rows
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The test PostgreSQL, or a skip when it is unreachable; under CI=true a failure instead,
+    because CI must run these tests, never silently pass them by."""
+    try:
+        with psycopg.connect(POSTGRES, connect_timeout=5) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL at {POSTGRES} is unreachable: {exc}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message} (CI=true: the PostgreSQL tests must run)", pytrace=False)
+        pytest.skip(message)
+    return POSTGRES
+
+
+@pytest.fixture
+def postgres(postgres_server: str) -> Iterator[Postgres]:
+    """A schema unique to this test (engineers share the server), dropped afterwards."""
+    schema = f"reconciler_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_server, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield Postgres(schema)
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """The desired-state file format (DESIGN A1) as pydantic models of one file, and its JSON Schema.
 
-Pure: validation only, no I/O. Strict throughout, because YAML's implicit typing silently turns
-`1001` into an int and `0123` into 83: a value of the wrong type is an error, never coerced.
+Pure: validation (into the core's types) only, no I/O. Strict throughout, because YAML's implicit
+typing silently turns `1001` into an int and `0123` into 83: a value of the wrong type is an
+error, never coerced.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from reconciler.core import persons
+from reconciler.core.persons import Origin, Photo
 
 #: The target kinds this version speaks.
 KINDS: tuple[str, ...] = ("nebula_pass", "sophon_fog", "sophon_sight", "siteserver")
@@ -202,6 +206,30 @@ class Person(BaseModel):
     """Free-form labels for select."""
     protected: bool = False
     """True: never deleted or replaced by reconciler."""
+
+    def to_core(self, *, photo: Photo | None, origin: Origin) -> persons.Person:
+        """The validated person as the core takes it (the photo already read)."""
+        return persons.Person(
+            id=self.id,
+            name=self.name,
+            type=persons.PersonType(self.type),
+            job_number=self.job_number,
+            email=self.email,
+            phone=self.phone,
+            department=self.department,
+            groups=tuple(self.groups),
+            card=self.card,
+            id_number=self.id_number,
+            pin=self.pin,
+            admin=self.admin,
+            remark=self.remark,
+            valid_from=self.valid_from,
+            valid_until=self.valid_until,
+            photo=photo,
+            labels=self.labels,
+            protected=self.protected,
+            origin=origin,
+        )
 
     @field_validator("valid_until")
     @classmethod

@@ -33,7 +33,6 @@ from reconciler.core.persons import (
     Desired,
     Origin,
     Person,
-    PersonType,
     Photo,
 )
 from reconciler.core.records import Hasher, desired_digest
@@ -87,6 +86,8 @@ class Loaded:
     #: False until the persons_from sources' persons are in `desired`: nothing may be planned
     #: from an incomplete state (it would delete every person the sources hold).
     complete: bool = True
+    #: Once the sources are read: the files' own persons, to merge the next read into.
+    inline: Desired | None = None
 
 
 _MAP_TAG = "tag:yaml.org,2002:map"
@@ -110,7 +111,6 @@ _KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "persons_from": tuple(doc.PersonsFrom.model_fields),
 }
 _YAML11_BOOLS = frozenset({"yes", "no", "on", "off", "y", "n"})
-_PERSON_TYPES = {t.value: t for t in PersonType}
 
 
 class _Loader(yaml.CSafeLoader):
@@ -881,25 +881,8 @@ def _persons(files: list[_File], photos: dict[tuple[int, int], Photo]) -> dict[s
         for index, (entry, raw) in enumerate(
             zip(file.document.persons, file.entries("persons"), strict=True)
         ):
-            persons[entry.id] = Person(
-                id=entry.id,
-                name=entry.name,
-                type=_PERSON_TYPES[entry.type],
-                job_number=entry.job_number,
-                email=entry.email,
-                phone=entry.phone,
-                department=entry.department,
-                groups=tuple(entry.groups),
-                card=entry.card,
-                id_number=entry.id_number,
-                pin=entry.pin,
-                admin=entry.admin,
-                remark=entry.remark,
-                valid_from=entry.valid_from,
-                valid_until=entry.valid_until,
+            persons[entry.id] = entry.to_core(
                 photo=photos.get((file.index, index)),
-                labels=entry.labels,
-                protected=entry.protected,
                 origin=Origin(source=file.source, line=file.line_of(raw)),
             )
     return dict(sorted(persons.items()))

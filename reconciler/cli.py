@@ -108,17 +108,33 @@ def cli(
 
 
 @cli.command()
+@click.option(
+    "--query",
+    is_flag=True,
+    help="Also run the persons_from queries (read-only) and validate their rows.",
+)
 @common
-def validate(options: Options) -> int:
-    """Load and validate the desired state; no network."""
+def validate(options: Options, query: bool) -> int:
+    """Load and validate the desired state; no network (unless --query)."""
     validated = composition.validate(options.file)
+    sources = len(validated.loaded.persons_from)
+    if query:
+        validated = asyncio.run(composition.read_sources(validated))
     loaded = validated.loaded
     persons = len(loaded.desired.persons)
-    click.echo(
+    line = (
         f"{options.file}: valid: {persons} person{'s' if persons != 1 else ''}, "
         f"{len(loaded.desired.departments)} departments, {len(validated.targets)} targets "
         f"({', '.join(sorted(validated.targets)) or 'none'})"
     )
+    if sources:
+        plural = "s" if sources != 1 else ""
+        line += (
+            f"; {sources} persons_from source{plural} read"
+            if query
+            else f"; {sources} persons_from source{plural} not read (--query reads them)"
+        )
+    click.echo(line)
     return ExitCode.OK
 
 

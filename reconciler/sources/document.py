@@ -70,6 +70,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _EXAMPLE_TIME = "2026-11-01T09:00:00+08:00"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+_PERSON_TYPES = {t.value: t for t in persons.PersonType}
 #: The longest a persons_from query may be given: a pass waits for it.
 MAX_SOURCE_TIMEOUT = 600.0
 #: URL schemes of persons_from; postgres:// is libpq's alias of postgresql://.
@@ -212,7 +213,7 @@ class Person(BaseModel):
         return persons.Person(
             id=self.id,
             name=self.name,
-            type=persons.PersonType(self.type),
+            type=_PERSON_TYPES[self.type],
             job_number=self.job_number,
             email=self.email,
             phone=self.phone,

@@ -192,11 +192,12 @@ class _SourceRows:
     def merge_into(self, persons: dict[str, Person], where: dict[str, str]) -> list[Problem]:
         if self._check_columns():
             return self.problems
+        # Each column's conversion, looked up once rather than on every value.
+        plan = [(i, column, _COERCE[column]) for i, column in enumerate(self.rows.columns)]
+        id_column = self.rows.columns.index("id")
         first_row: dict[str, int] = {}
         for number, row in enumerate(self.rows.rows, start=1):
-            values = {c: v for c, v in zip(self.rows.columns, row, strict=True) if v is not None}
-            person_id = _as_id(values.get("id"))
-            found = self._person(number, values, person_id)
+            found = self._person(number, row, plan, _as_id(row[id_column]))
             if found is None:
                 continue
             if found.id in first_row:
@@ -246,12 +247,21 @@ class _SourceRows:
                 found = True
         return found
 
-    def _person(self, number: int, values: dict[str, Any], person_id: str | None) -> Person | None:
+    def _person(
+        self,
+        number: int,
+        row: Sequence[Any],
+        plan: list[tuple[int, str, Callable[[Any], Any]]],
+        person_id: str | None,
+    ) -> Person | None:
         fields: dict[str, Any] = {}
         bad: set[str] = set()
-        for column, value in values.items():
+        for index, column, coerce in plan:
+            value = row[index]
+            if value is None:  # NULL: the field is absent
+                continue
             try:
-                fields[column] = _coerce(column, value)
+                fields[column] = coerce(value)
             except ValueError as exc:
                 self._row(number, person_id, f"{column} {exc}")
                 bad.add(column)
@@ -298,7 +308,7 @@ def _problem(source: PersonsSource, message: str, *, at: str = "") -> Problem:
 def _as_id(value: Any) -> str | None:
     """The row's id as text, for messages, when it has a usable one."""
     try:
-        return _coerce("id", value) if value is not None else None
+        return _text(value) if value is not None else None
     except ValueError:
         return None
 
@@ -322,32 +332,29 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__} value"
 
 
-def _coerce(column: str, value: Any) -> Any:
-    """A database value as the person model takes it; ValueError ends a sentence after the
-    column's name. Only lossless conversions: whole numbers to text, 0/1 to booleans, JSON."""
-    if column in _TEXT:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, Decimal) and value == value.to_integral_value():
-            return str(int(value))
-        if isinstance(value, uuid.UUID):
-            return str(value)
-        raise ValueError(
-            f"must be text or a whole number, not {_kind(value)}: cast it in the query"
-        )
-    if column in _BOOLEAN:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ValueError(f"must be a boolean, or 0 or 1, not {_kind(value)}")
-    if column == "groups":
-        return _groups(value)
-    if column == "labels":
-        return _labels(value)
-    return value  # valid_from, valid_until: the model takes timestamps and ISO 8601 text
+# The conversions of database values (never NULL) into what the person model takes; each
+# ValueError ends a sentence after the column's name. Only lossless ones: whole numbers to text,
+# 0 / 1 to booleans, JSON text to arrays and objects.
+
+
+def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return str(int(value))
+    if isinstance(value, uuid.UUID | str):
+        return str(value)
+    raise ValueError(f"must be text or a whole number, not {_kind(value)}: cast it in the query")
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"must be a boolean, or 0 or 1, not {_kind(value)}")
 
 
 def _groups(value: Any) -> Any:
@@ -376,6 +383,21 @@ def _labels(value: Any) -> Any:
     if isinstance(value, dict):
         return value
     raise ValueError(f"must be a JSON object of texts, not {_kind(value)}")
+
+
+def _as_is(value: Any) -> Any:
+    # valid_from, valid_until: the model takes timestamps and ISO 8601 text.
+    return value
+
+
+_COERCE: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(_TEXT, _text),
+    **dict.fromkeys(_BOOLEAN, _boolean),
+    "groups": _groups,
+    "labels": _labels,
+    "valid_from": _as_is,
+    "valid_until": _as_is,
+}
 
 
 def _message(error: ErrorDetails) -> str:

@@ -143,6 +143,42 @@ async def test_rows_become_the_same_persons_as_inline_ones(engine: Engine) -> No
     assert load(Path("inline.yaml"), env={}, hasher=HASHER).desired == loaded.desired
 
 
+async def test_every_person_field_is_a_column(sqlite_db: Sqlite) -> None:
+    values = {
+        "id": "'1001'",
+        "name": "'Ann'",
+        "type": "'visitor'",
+        "job_number": "'J1'",
+        "email": "'ann@example.com'",
+        "phone": "'13800138000'",
+        "department": "''",
+        "groups": "'hq'",
+        "card": "'1234'",
+        "id_number": "'110101199001011234'",
+        "pin": "'0000'",
+        "admin": "1",
+        "remark": "'r'",
+        "valid_from": "'2026-11-01T09:00:00+08:00'",
+        "valid_until": "'2026-11-30T18:00:00+08:00'",
+        "photo": "NULL",
+        "labels": '\'{"b": "A"}\'',
+        "protected": "1",
+    }
+    assert set(values) == set(sql.COLUMNS)
+    query = "SELECT " + ", ".join(f"{v} AS {k}" for k, v in values.items())
+    sqlite_db.execute("CREATE TABLE unused (x)")
+    ann = (await read(desired(query), sqlite_db.url)).desired.persons["1001"]
+    assert (ann.type, ann.job_number, ann.card, ann.id_number, ann.pin, ann.remark) == (
+        PersonType.VISITOR,
+        "J1",
+        "1234",
+        "110101199001011234",
+        "0000",
+        "r",
+    )
+    assert (ann.admin, ann.protected, ann.groups, ann.labels) == (True, True, ("hq",), {"b": "A"})
+
+
 async def test_zero_rows_are_a_valid_source(engine: Engine) -> None:
     engine.execute(EMPLOYEES[0])
     loaded = await read(desired(ACTIVE), engine.url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -140,6 +141,12 @@ def _sql_url(value: str) -> str:
         raise PydanticCustomError(
             "sql_url", "must be a sqlite:///PATH or postgresql://USER@HOST/DATABASE URL"
         )
+    try:
+        urlsplit(value)  # what names the source in messages must be able to take it apart
+    except ValueError:
+        raise PydanticCustomError(
+            "sql_url", "is not a valid URL (check the brackets around an IPv6 host)"
+        ) from None
     if scheme == "sqlite" and (not rest.startswith("/") or rest == "/"):
         raise PydanticCustomError(
             "sql_url",

@@ -253,6 +253,16 @@ ERRORS = [
         id="persons-from-scheme",
     ),
     pytest.param(
+        "version: 1\npersons_from:\n  - {sql: 'postgresql://u:pw@[::1/hr', query: SELECT 1}\n",
+        (
+            3,
+            11,
+            None,
+            "persons_from[0].sql is not a valid URL (check the brackets around an IPv6 host)",
+        ),
+        id="persons-from-bad-url",
+    ),
+    pytest.param(
         "version: 1\npersons_from:\n  - {sql: sqlite://hr.db, query: SELECT 1}\n",
         (
             3,

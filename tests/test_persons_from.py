@@ -6,12 +6,17 @@ The URL's password appears in no output."""
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import psycopg
 import pytest
 
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
@@ -49,6 +54,42 @@ def sources(timeout: str = "2s") -> str:
 @pytest.fixture
 def site(tmp_path: Path, nebula_url: str) -> Site:
     return Site(tmp_path, nebula_url)
+
+
+@dataclass(frozen=True)
+class Database:
+    """A database of this test's own on the test PostgreSQL, so that it can refuse connections."""
+
+    name: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres:{POSTGRES_PASSWORD}@127.0.0.1:5432/{self.name}"
+
+    def execute(self, *statements: str) -> None:
+        url = f"postgresql://postgres@127.0.0.1:5432/{self.name}"
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
+            for statement in statements:
+                connection.execute(statement)
+
+
+@pytest.fixture
+def database(postgres_server: str) -> Iterator[Database]:
+    name = f"reconciler_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_server, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield Database(name)
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def allow_connections(database: Database, server: str, *, allow: bool) -> None:
+    with psycopg.connect(server, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(
+            f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS {str(allow).lower()}'
+        )
 
 
 @pytest.fixture
@@ -129,12 +170,17 @@ async def test_plan_and_apply_follow_the_database(
 
 
 async def test_the_daemon_reads_the_database_every_pass_and_keeps_the_last_good_state(
-    tmp_path: Path, site: Site, hr: Postgres, nebula: NebulaPassSimulator
+    tmp_path: Path,
+    site: Site,
+    database: Database,
+    postgres_server: str,
+    nebula: NebulaPassSimulator,
 ) -> None:
+    database.execute(*EMPLOYEES)
     site.write(sources(timeout="1s"))
-    daemon = await spawn(tmp_path, "--interval", "1", HR_DATABASE_URL=hr.url)
+    daemon = await spawn(tmp_path, "--interval", "1", HR_DATABASE_URL=database.url)
     try:
-        await exercise(daemon, hr, nebula)
+        await exercise(daemon, database, postgres_server, nebula)
         daemon.process.send_signal(signal.SIGTERM)
         assert await daemon.exited() == 0
     finally:
@@ -143,8 +189,9 @@ async def test_the_daemon_reads_the_database_every_pass_and_keeps_the_last_good_
     assert all("7391" not in line for line in daemon.lines)
 
 
-async def exercise(daemon: Running, hr: Postgres, nebula: NebulaPassSimulator) -> None:
+async def exercise(daemon: Running, hr: Database, server: str, nebula: NebulaPassSimulator) -> None:
     await daemon.until(lambda: set(nebula.users) == {"1001", "1002", "9"}, "the first sync")
+    shown = f"persons_from[0] (postgresql://postgres@127.0.0.1:5432/{hr.name})"
 
     async with aiohttp.ClientSession() as http:
 
@@ -156,24 +203,25 @@ async def exercise(daemon: Running, hr: Postgres, nebula: NebulaPassSimulator) -
         hr.execute("INSERT INTO employees VALUES (1004, 'Dee', NULL, true)")
         await daemon.until(lambda: "1004" in nebula.users, "the new employee")
         await daemon.until(lambda: daemon.passes("ok") >= 3, "a pass that finds nothing to do")
+        writes = nebula.log.writes()
+        everyone = {"1001", "1002", "1004", "9"}
 
         # Slow: the query is cancelled, the last good state stays in use and is reported.
-        writes = nebula.log.writes()
         hr.execute(
             "UPDATE control SET delay = 30",
-            "UPDATE employees SET active = false WHERE emp_no = 1002",
+            "UPDATE employees SET active = false WHERE emp_no = 1002",  # not seen yet
         )
         await daemon.until(lambda: invalid(daemon, "no answer within the timeout of 1s"), "slow")
         status, body = await get("/readyz")
         assert status == 503
         assert b"no answer within the timeout of 1s" in body
         status, body = await get("/status")
-        assert SHOWN in orjson.loads(body)["desired"]["error"]
+        assert shown in orjson.loads(body)["desired"]["error"]
         status, body = await get("/metrics")
         assert b"reconciler_desired_valid 0.0" in body
         passes = daemon.passes()
         await daemon.until(lambda: daemon.passes() >= passes + 2, "two passes while slow")
-        assert set(nebula.users) == {"1001", "1002", "1004", "9"}
+        assert set(nebula.users) == everyone
         assert nebula.log.writes() == writes
 
         # Failing: the same.
@@ -183,13 +231,22 @@ async def exercise(daemon: Running, hr: Postgres, nebula: NebulaPassSimulator) -
             "failing",
         )
         assert (await get("/readyz"))[0] == 503
-        assert set(nebula.users) == {"1001", "1002", "1004", "9"}
+        hr.execute("ALTER TABLE gone RENAME TO employees")
+
+        # Unreachable: the same.
+        allow_connections(hr, server, allow=False)
+        await daemon.until(lambda: invalid(daemon, f"{shown}: cannot connect"), "unreachable")
+        assert (await get("/readyz"))[0] == 503
+        passes = daemon.passes()
+        await daemon.until(lambda: daemon.passes() >= passes + 2, "two passes while unreachable")
+        assert set(nebula.users) == everyone
         assert nebula.log.writes() == writes
 
         # Recovered: the database as it is now (Bob has left) is the desired state again.
-        hr.execute("ALTER TABLE gone RENAME TO employees")
+        allow_connections(hr, server, allow=True)
         await daemon.until(lambda: set(nebula.users) == {"1001", "1004", "9"}, "the recovery")
-        await daemon.until(lambda: daemon.passes("ok") > passes, "an ok pass")
+        ok = daemon.passes("ok")
+        await daemon.until(lambda: daemon.passes("ok") > ok, "one more ok pass")
         status, body = await get("/readyz")
         assert status == 200, body
         status, body = await get("/metrics")

@@ -26,6 +26,7 @@ import orjson
 
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
+from reconciler.core.quarantine import Health
 from reconciler.errors import StoreError
 
 _T = TypeVar("_T")
@@ -267,6 +268,55 @@ class SqliteStore:
                 rows,
             )
             db.executemany("DELETE FROM attempts WHERE target = ? AND person_id = ?", cleared)
+
+        await self._transaction(write)
+
+    # -- target health ----------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Health]:
+        """Targets that are failing or quarantined (core.quarantine); the rest are healthy."""
+
+        def read(db: sqlite3.Connection) -> dict[str, Health]:
+            rows = db.execute(
+                "SELECT target, failing_passes, since, until, quarantines, error "
+                "FROM target_health ORDER BY target"
+            )
+            return {
+                target: Health(
+                    failing_passes=failing,
+                    since=since,
+                    until=until,
+                    quarantines=quarantines,
+                    error=error,
+                )
+                for target, failing, since, until, quarantines, error in rows
+            }
+
+        return await self._with_db(read)
+
+    async def record_health(self, target: str, health: Health) -> None:
+        """A target's health after a pass; a healthy target's row is removed."""
+
+        def write(db: sqlite3.Connection) -> None:
+            if health.healthy:
+                db.execute("DELETE FROM target_health WHERE target = ?", (target,)).close()
+                return
+            db.execute(
+                "INSERT INTO target_health "
+                "(target, failing_passes, since, until, quarantines, error) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
+                "failing_passes = excluded.failing_passes, since = excluded.since, "
+                "until = excluded.until, quarantines = excluded.quarantines, "
+                "error = excluded.error",
+                (
+                    target,
+                    health.failing_passes,
+                    health.since,
+                    health.until,
+                    health.quarantines,
+                    health.error,
+                ),
+            ).close()
 
         await self._transaction(write)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from enum import IntEnum
@@ -26,6 +27,7 @@ from reconciler import cycle, logs
 from reconciler import demo as demo_run
 from reconciler.core import changes
 from reconciler.core.changes import Action, FieldChange, Plan, TargetPlan
+from reconciler.core.quarantine import Health
 from reconciler.daemon.running import Daemon
 from reconciler.errors import ConfigError, ReconcilerError, StalePlanError, UsageError
 from reconciler.settings import Settings
@@ -425,6 +427,8 @@ def target_lines(t: TargetPlan) -> Iterator[str]:
     if t.suspended:
         header += click.style("  suspended: planned, never applied", fg="yellow")
     yield header
+    if not t.health.healthy:
+        yield click.style(f"  ! {health_line(t.health)}", fg="yellow")
     if t.error is not None:
         yield click.style(f"  ! could not be observed: {t.error}", fg="red")
         return
@@ -462,6 +466,17 @@ def target_lines(t: TargetPlan) -> Iterator[str]:
             f"  {len(t.foreign)} foreign person{'s' if len(t.foreign) != 1 else ''} on the "
             f"target (not in the ledger, never touched): {shown}"
         )
+
+
+def health_line(health: Health, now: float | None = None) -> str:
+    """A failing or quarantined target in one line (core.quarantine)."""
+    now = time.time() if now is None else now
+    line = f"failing for {health.failing_passes} passes in a row ({health.error})"
+    if health.quarantined(now):
+        assert health.until is not None
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(health.until))
+        line += f"; quarantined until {until}: the daemon leaves it alone until then"
+    return line
 
 
 def change_lines(change: changes.Change) -> Iterator[str]:

@@ -10,8 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from reconciler.core.changes import health_document
+from reconciler.core.quarantine import HEALTHY, Health
+
 #: A target's result in one pass.
-TargetResult = Literal["ok", "partial", "failed", "unobservable", "suspended", "dry-run"]
+TargetResult = Literal[
+    "ok", "partial", "failed", "unobservable", "suspended", "quarantined", "dry-run"
+]
 #: A pass's result: ok (every change applied), partial (some failed or a target was not
 #: observed), failed (the pass itself could not run).
 PassResult = Literal["ok", "partial", "failed"]
@@ -50,6 +55,8 @@ class TargetPass:
     managed: int = 0
     error: str | None = None
     failures: tuple[FailureView, ...] = ()
+    #: The target's record of failing passes after this pass (core.quarantine).
+    health: Health = HEALTHY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +167,7 @@ class Status:
                     "foreign": t.foreign,
                     "invalid": t.invalid,
                     "error": t.error,
+                    "health": _health(t.health, time.time()),
                     "failures": [
                         {"person": f.person, "action": f.action, "error": f.error}
                         for f in t.failures
@@ -168,6 +176,16 @@ class Status:
                 for name, t in (last.targets.items() if last else ())
             },
         }
+
+
+def _health(health: Health, now: float) -> dict[str, Any] | None:
+    if health.healthy:
+        return None
+    return {
+        **health_document(health, quarantined=health.quarantined(now)),
+        "failing_since": _iso(health.since) if health.since else None,
+        "quarantined_until": _iso(health.until) if health.until else None,
+    }
 
 
 def _iso(seconds: float) -> str:

@@ -183,6 +183,23 @@ def store_path(settings: Settings) -> Path:
 
 
 @contextlib.asynccontextmanager
+async def open_store(
+    settings: Settings, *, create: bool = True
+) -> AsyncIterator[SqliteStore | None]:
+    """The store alone (for `reconciler status`); None when `create` is false and there is no
+    store yet (nothing has run)."""
+    path = store_path(settings)
+    if not create and not path.exists():
+        yield None
+        return
+    store = await SqliteStore.open(path)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@contextlib.asynccontextmanager
 async def open_app(
     settings: Settings,
     *,

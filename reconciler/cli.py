@@ -27,7 +27,7 @@ from reconciler import cycle, logs
 from reconciler import demo as demo_run
 from reconciler.core import changes
 from reconciler.core.changes import Action, FieldChange, Plan, TargetPlan
-from reconciler.core.quarantine import Health
+from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.daemon.running import Daemon
 from reconciler.errors import ConfigError, ReconcilerError, StalePlanError, UsageError
 from reconciler.settings import Settings
@@ -219,6 +219,28 @@ def run(options: Options, dry_run: bool, interval: float | None) -> int:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@common
+def status(options: Options, as_json: bool) -> int:
+    """Per target: the last pass, counts, drift, held deletes, failures, quarantine.
+
+    Read from the store alone (no target is contacted), so it shows what the daemon and the
+    CLI last did, even while the daemon runs.
+    """
+    found = asyncio.run(_status(options))
+    if as_json:
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return ExitCode.OK
+    if not found["targets"]:
+        click.echo(f"nothing has been applied yet ({found['store']})")
+        return ExitCode.OK
+    for name, entry in found["targets"].items():
+        for line in status_lines(name, entry):
+            click.echo(line)
+    return ExitCode.OK
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep the simulators running afterwards (Ctrl-C stops).")
 def demo(keep: bool) -> int:
     """Plan and apply desired.example.yaml against bundled simulators on loopback."""
@@ -251,6 +273,94 @@ async def _plan(options: Options) -> Plan:
         options.settings, desired_path=options.file, targets=options.targets
     ) as app:
         return await cycle.plan(app, only=options.only)
+
+
+#: Recent passes read for `status`: enough to find every target's last one in a busy store.
+STATUS_PASSES = 500
+
+
+async def _status(options: Options) -> dict[str, Any]:
+    """Per target, from the store: its last applied pass, ledger size, failures, health."""
+    wanted = set(options.targets)
+    async with composition.open_store(options.settings, create=False) as store:
+        where = str(composition.store_path(options.settings))
+        if store is None:
+            return {"store": where, "targets": {}}
+        managed = await store.managed()
+        health = await store.health()
+        last: dict[str, dict[str, Any]] = {}
+        for passed in await store.passes(STATUS_PASSES):
+            for name, summary in ((passed.summary or {}).get("targets") or {}).items():
+                if name not in last:
+                    last[name] = {
+                        "pass": passed.id,
+                        "finished_at": passed.finished_at,
+                        "result": passed.result,
+                        **summary,
+                    }
+        names = sorted(set(managed) | set(health) | set(last))
+        targets: dict[str, Any] = {}
+        for name in names:
+            if wanted and name not in wanted:
+                continue
+            waiting = sorted((await store.attempts(name)).values(), key=lambda a: a.person_id)
+            record = health.get(name, HEALTHY)
+            targets[name] = {
+                "last_pass": last.get(name),
+                "managed": managed.get(name, 0),
+                "failures": [
+                    {
+                        "person": a.person_id,
+                        "failures": a.failures,
+                        "next_try": a.next_try,
+                        "error": a.error,
+                    }
+                    for a in waiting
+                ],
+                "health": None
+                if record.healthy
+                else changes.health_document(record, quarantined=record.quarantined(time.time())),
+            }
+        return {"store": where, "targets": targets}
+
+
+def status_lines(name: str, entry: Mapping[str, Any]) -> Iterator[str]:
+    last = entry["last_pass"]
+    header = click.style(name, bold=True)
+    if last is None:
+        yield header + f"  never applied; {entry['managed']} managed"
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished_at"] or 0))
+        yield header + f" ({last['kind']})  last pass {last['pass']} at {when}: {last['result']}"
+        planned = ", ".join(f"{n} {a}" for a, n in last["planned"].items()) or "nothing"
+        applied = sum(last["applied"].values())
+        yield (
+            f"  managed {entry['managed']} · planned {planned} · applied {applied} · "
+            f"failed {last['failed']} · drift {last['drift']} · deferred {last['deferred']} · "
+            f"foreign {last['foreign']} · invalid {last['invalid']}"
+        )
+        if last["held"]:
+            yield click.style(f"  held: {last['held']} deletes: {last['held_reason']}", fg="red")
+        if last["error"]:
+            yield click.style(f"  ! could not be observed: {last['error']}", fg="red")
+    record = entry["health"]
+    if record is not None:
+        health = Health(
+            failing_passes=record["failing_passes"],
+            since=record["failing_since"],
+            until=record["quarantined_until"],
+            quarantines=record["quarantines"],
+            error=record["error"],
+        )
+        yield click.style(f"  ! {health_line(health)}", fg="yellow")
+    for failure in entry["failures"][:20]:
+        retry = time.strftime("%H:%M:%S", time.localtime(failure["next_try"]))
+        yield (
+            f"  waiting: {failure['person']} failed {failure['failures']}x, next try {retry}: "
+            f"{failure['error']}"
+        )
+    if len(entry["failures"]) > 20:
+        yield f"  … and {len(entry['failures']) - 20} more waiting"
 
 
 async def _adopt(
@@ -304,6 +414,10 @@ async def _apply(
             computed = release_held(computed, app)
         render(computed)
         if dry_run or not computed.has_changes:
+            if not dry_run and computed.has_upkeep:
+                # Ledger upkeep only (records the targets already hold, persons gone from
+                # both sides): nothing is sent, so there is nothing to confirm.
+                await cycle.apply(app, computed)
             return plan_exit(computed, detailed=False)
         if not yes and not click.confirm("\nApply these changes?", default=False):
             click.echo("Apply cancelled; nothing was changed.", err=True)

@@ -151,6 +151,24 @@ async def _apply_target(
         return executor.TargetReport(target=plan.target, skipped=f"store failed: {exc}")
 
 
+def target_summary(plan: TargetPlan, report: TargetReport) -> dict[str, object]:
+    """What one pass did to one target, as the store keeps it for `reconciler status`."""
+    return {
+        "kind": plan.kind,
+        "planned": {a.value: n for a in changes.Action if (n := plan.count(a))},
+        "applied": dict(report.applied_by_action),
+        "failed": len(report.failures),
+        "drift": sum(1 for c in plan.changes if c.reason is changes.Reason.DRIFT),
+        "held": len(plan.held),
+        "held_reason": plan.held_reason or None,
+        "deferred": len(plan.deferred),
+        "foreign": len(plan.foreign),
+        "invalid": len(plan.invalid),
+        "error": plan.error,
+        "skipped": report.skipped,
+    }
+
+
 async def _judge(app: App, plan: TargetPlan, report: TargetReport, now: float) -> Health:
     """The target's health after this pass, recorded; quarantine entered or left is logged."""
     before = plan.health
@@ -206,7 +224,12 @@ async def apply(app: App, plan: Plan, *, stop: asyncio.Event | None = None) -> P
             pass_id,
             result=result,
             plan_fingerprint=plan.fingerprint,
-            summary={"planned": plan.summary(), "applied": report.applied, "failed": report.failed},
+            summary={
+                "planned": plan.summary(),
+                "applied": report.applied,
+                "failed": report.failed,
+                "targets": {r.target: target_summary(plan.targets[r.target], r) for r in reports},
+            },
         )
     return report
 

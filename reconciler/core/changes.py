@@ -183,6 +183,11 @@ class Plan:
         return totals
 
     @property
+    def has_upkeep(self) -> bool:
+        """Ledger rows to refresh or forget: bookkeeping that sends nothing to a target."""
+        return any(t.refresh or t.forget for t in self.targets.values())
+
+    @property
     def has_changes(self) -> bool:
         return any(t.changes or t.departments for t in self.targets.values())
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from reconciler import logs
 from reconciler.core.records import Hasher
 from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
@@ -123,7 +124,17 @@ def validate(
             problems.extend(exc.problems)
     if problems:
         raise DesiredError(problems)
+    logs.protect(secret for target in settings.values() for secret in secrets_of(target))
     return Validated(loaded=loaded, targets=settings)
+
+
+def secrets_of(settings: BaseModel) -> Iterator[str]:
+    """The secret values a target's settings hold (every SecretStr field): they are kept out
+    of every output from here on."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            yield value.get_secret_value()
 
 
 def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -> TargetSettings:

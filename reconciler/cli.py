@@ -70,12 +70,19 @@ class Options:
                 for e in exc.errors(include_input=False, include_url=False)
             )
             raise ConfigError(f"invalid settings: {problems}") from None
+        if self.settings.webhook_secret is not None:
+            logs.protect([self.settings.webhook_secret.get_secret_value()])
         self.file = file or self.settings.desired
         self.targets = targets
         self.only = frozenset(only) or None
 
 
 common = click.make_pass_decorator(Options)
+
+
+def echo(message: str = "", *, err: bool = False) -> None:
+    """Every line the CLI prints goes through the one redaction path (core.redaction)."""
+    click.echo(logs.redact(message), err=err)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -116,7 +123,7 @@ def validate(options: Options) -> int:
     validated = composition.validate(options.file)
     loaded = validated.loaded
     persons = len(loaded.desired.persons)
-    click.echo(
+    echo(
         f"{options.file}: valid: {persons} person{'s' if persons != 1 else ''}, "
         f"{len(loaded.desired.departments)} departments, {len(validated.targets)} targets "
         f"({', '.join(sorted(validated.targets)) or 'none'})"
@@ -127,7 +134,7 @@ def validate(options: Options) -> int:
 @cli.command()
 def schema() -> int:
     """Print the JSON Schema of the desired-state file (for editors and CI)."""
-    click.echo(orjson.dumps(full_schema(), option=orjson.OPT_INDENT_2).decode())
+    echo(orjson.dumps(full_schema(), option=orjson.OPT_INDENT_2).decode())
     return ExitCode.OK
 
 
@@ -146,11 +153,12 @@ def plan(options: Options, as_json: bool, out: Path | None, detailed_exitcode: b
     if out is not None:
         save_plan(computed, out)
     if as_json:
-        click.echo(orjson.dumps(changes.document(computed), option=orjson.OPT_INDENT_2).decode())
+        document = logs.redact(changes.document(computed))
+        echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
     else:
         render(computed)
         if out is not None:
-            click.echo(f"Saved the plan to {out}; apply exactly it with: reconciler apply {out}")
+            echo(f"Saved the plan to {out}; apply exactly it with: reconciler apply {out}")
     return plan_exit(computed, detailed=detailed_exitcode)
 
 
@@ -229,14 +237,14 @@ def status(options: Options, as_json: bool) -> int:
     """
     found = asyncio.run(_status(options))
     if as_json:
-        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        echo(orjson.dumps(logs.redact(found), option=orjson.OPT_INDENT_2).decode())
         return ExitCode.OK
     if not found["targets"]:
-        click.echo(f"nothing has been applied yet ({found['store']})")
+        echo(f"nothing has been applied yet ({found['store']})")
         return ExitCode.OK
     for name, entry in found["targets"].items():
         for line in status_lines(name, entry):
-            click.echo(line)
+            echo(line)
     return ExitCode.OK
 
 
@@ -371,30 +379,30 @@ async def _adopt(
     ) as app:
         found = await cycle.adopt(app, only=only, commit=False)
         for adoption in found:
-            click.echo(click.style(adoption.target, bold=True))
+            echo(click.style(adoption.target, bold=True))
             if adoption.error is not None:
-                click.echo(click.style(f"  ! {adoption.error}", fg="red"))
+                echo(click.style(f"  ! {adoption.error}", fg="red"))
                 continue
             for pid in adoption.adopted:
-                click.echo(click.style(f"  + {pid}  adopt", fg="green"))
+                echo(click.style(f"  + {pid}  adopt", fg="green"))
             if adoption.left:
-                click.echo(
+                echo(
                     f"  {len(adoption.left)} foreign person(s) no desired person declares in "
                     f"this target's scope, left alone: {', '.join(adoption.left[:10])}"
                     + (" …" if len(adoption.left) > 10 else "")
                 )
             if not adoption.adopted and not adoption.left:
-                click.echo("  nothing foreign")
+                echo("  nothing foreign")
         count = sum(len(a.adopted) for a in found)
         if not count:
-            click.echo("\nNothing to adopt.")
+            echo("\nNothing to adopt.")
             return ExitCode.ERROR if any(a.error for a in found) else ExitCode.OK
         if not yes and not click.confirm(f"\nAdopt {count} person(s)?", default=False):
-            click.echo("Adoption cancelled; nothing was changed.", err=True)
+            echo("Adoption cancelled; nothing was changed.", err=True)
             return ExitCode.ERROR
         done = await cycle.adopt(app, only=only)
     adopted = sum(len(a.adopted) for a in done)
-    click.echo(
+    echo(
         f"\nAdopted {adopted} person(s). `reconciler plan` now shows the updates that bring "
         "them to their desired state."
     )
@@ -420,13 +428,13 @@ async def _apply(
                 await cycle.apply(app, computed)
             return plan_exit(computed, detailed=False)
         if not yes and not click.confirm("\nApply these changes?", default=False):
-            click.echo("Apply cancelled; nothing was changed.", err=True)
+            echo("Apply cancelled; nothing was changed.", err=True)
             return ExitCode.ERROR
         report = await cycle.apply(app, computed)
     structlog.get_logger("reconciler").info(
         "pass.finished", result=report.result, applied=report.applied, failed=report.failed
     )
-    click.echo("")
+    echo("")
     for target_report in report.targets:
         line = f"{target_report.target}: {target_report.applied} applied"
         if target_report.failures:
@@ -437,7 +445,7 @@ async def _apply(
                 line += f"\n    … and {len(target_report.failures) - 20} more (see the logs)"
         if target_report.skipped:
             line += f" (skipped: {target_report.skipped})"
-        click.echo(line)
+        echo(line)
     if report.failed or computed.has_errors:
         return ExitCode.ERROR
     return ExitCode.HELD if computed.has_held else ExitCode.OK
@@ -480,7 +488,8 @@ def save_plan(plan: Plan, path: Path) -> None:
     """The plan document, written atomically; it holds no secret and no sensitive value."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(orjson.dumps(changes.document(plan), option=orjson.OPT_INDENT_2))
+    document = logs.redact(changes.document(plan))
+    temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     temporary.replace(path)
 
 
@@ -531,9 +540,9 @@ def render(plan: Plan) -> None:
     """The plan as text, Terraform-like, on stdout."""
     for target_plan in plan.targets.values():
         for line in target_lines(target_plan):
-            click.echo(line)
-        click.echo("")
-    click.echo(summary_line(plan))
+            echo(line)
+        echo("")
+    echo(summary_line(plan))
 
 
 def target_lines(t: TargetPlan) -> Iterator[str]:
@@ -673,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.exceptions.Abort:
-        click.echo("Aborted; nothing was changed.", err=True)
+        echo("Aborted; nothing was changed.", err=True)
         code = ExitCode.ERROR
     except click.UsageError as exc:
         exc.show()
@@ -682,10 +691,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         exc.show()
         code = ExitCode.ERROR
     except UsageError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        echo(f"Error: {exc}", err=True)
         code = ExitCode.USAGE
     except ReconcilerError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        echo(f"Error: {exc}", err=True)
         code = ExitCode.ERROR
     with suppress(Exception):
         sys.stdout.flush()

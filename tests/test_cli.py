@@ -356,6 +356,39 @@ async def test_secrets_and_sensitive_values_appear_nowhere(
         assert not leaks("8642", text)
 
 
+async def test_a_device_echoing_the_password_back_is_redacted_everywhere(site: Site) -> None:
+    """A device whose error page repeats the request it refused: the one redaction path keeps
+    the password out of the CLI's output, the logs, the store and `status`."""
+    from aiohttp import web
+
+    async def echo_login(request: web.Request) -> web.Response:
+        # An HTML error page quoting the form: not JSON, so the adapter quotes its start.
+        sent = (await request.read()).decode()
+        return web.Response(text=f"<p>login refused: {sent}</p>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo_login)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    listening = web.TCPSite(runner, "127.0.0.1", 0)
+    await listening.start()
+    try:
+        port = runner.addresses[0][1]
+        site.url = f"http://127.0.0.1:{port}"
+        site.write(PERSONS)
+        runs = [await site.run("apply", "--yes"), await site.run("status", "--json")]
+        runs.append(await site.run("status"))
+    finally:
+        await runner.cleanup()
+    assert runs[0].code == 1
+    texts = [t for run in runs for t in (run.out, run.err)]
+    texts += [
+        p.read_bytes().decode("latin-1") for p in (site.root / "state").rglob("*") if p.is_file()
+    ]
+    assert any("login refused" in text and "[redacted]" in text for text in texts), runs[0]
+    assert_no_secrets(*texts)
+
+
 async def test_every_kind_end_to_end_without_a_secret_anywhere(site: Site) -> None:
     """All four kinds through the real CLI: converge, then grep every output and file."""
     secrets = {

@@ -31,6 +31,7 @@ from reconciler.daemon.notify import Notifier
 from reconciler.daemon.scheduling import Schedule
 from reconciler.daemon.status import (
     FAILURES_SHOWN,
+    FOREIGN_SHOWN,
     DesiredView,
     FailureView,
     PassOutcome,
@@ -345,6 +346,7 @@ def target_pass(
         held_reason=plan.held_reason,
         deferred=len(plan.deferred),
         foreign=len(plan.foreign),
+        foreign_persons=plan.foreign[:FOREIGN_SHOWN],
         invalid=len(plan.invalid),
         managed=managed,
         error=plan.error,

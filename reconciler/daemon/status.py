@@ -23,6 +23,8 @@ PassResult = Literal["ok", "partial", "failed"]
 
 #: Failures kept per target for /status: enough to act on, not a dump.
 FAILURES_SHOWN = 20
+#: Foreign person ids listed per target in /status (the count is always complete).
+FOREIGN_SHOWN = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +52,8 @@ class TargetPass:
     #: Changes that failed before and wait out their back-off.
     deferred: int = 0
     foreign: int = 0
+    #: The first FOREIGN_SHOWN of them, by id: enough to decide whether to adopt.
+    foreign_persons: tuple[str, ...] = ()
     invalid: int = 0
     #: Ledger entries for this target after the pass.
     managed: int = 0
@@ -165,6 +169,7 @@ class Status:
                     "held": {"deletes": t.held, "reason": t.held_reason} if t.held else None,
                     "deferred": t.deferred,
                     "foreign": t.foreign,
+                    "foreign_persons": list(t.foreign_persons),
                     "invalid": t.invalid,
                     "error": t.error,
                     "health": _health(t.health, time.time()),

@@ -101,6 +101,16 @@ PERSONS = """  - id: "1001"
 """
 
 
+#: A terminal on a port nothing listens on.
+DEAD = """  dead:
+    kind: nebula_pass
+    url: http://127.0.0.1:9
+    username: admin
+    password: x
+    timeout: 2
+"""
+
+
 @pytest.fixture
 def site(tmp_path: Path, nebula_url: str) -> Site:
     return Site(tmp_path, nebula_url)
@@ -262,14 +272,7 @@ async def test_mass_deletes_are_held_with_exit_3_until_released(
 async def test_an_unreachable_target_exits_1_and_the_others_are_still_applied(
     site: Site, nebula: NebulaPassSimulator
 ) -> None:
-    dead = """  dead:
-    kind: nebula_pass
-    url: http://127.0.0.1:9
-    username: admin
-    password: x
-    timeout: 2
-"""
-    site.write(PERSONS, extra_target=dead)
+    site.write(PERSONS, extra_target=DEAD)
     run = await site.run("apply", "--yes")
     assert run.code == 1
     assert "dead" in run.out
@@ -285,14 +288,7 @@ async def test_status_shows_each_target_its_failures_and_quarantine(
     assert "nothing has been applied yet" in nothing.out
     assert not (site.root / "state" / "reconciler.sqlite3").exists()  # status creates nothing
 
-    dead = """  dead:
-    kind: nebula_pass
-    url: http://127.0.0.1:9
-    username: admin
-    password: x
-    timeout: 2
-"""
-    site.write(PERSONS, extra_target=dead)
+    site.write(PERSONS, extra_target=DEAD)
     assert (await site.run("apply", "--yes")).code == 1
     shown = await site.run("status")
     assert shown.code == 0, shown.err

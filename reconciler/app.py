@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from reconciler import logs
 from reconciler.core.records import Hasher
 from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
@@ -135,6 +136,7 @@ def validate(
             problems.extend(exc.problems)
     if problems:
         raise DesiredError(problems)
+    logs.protect(secret for target in settings.values() for secret in secrets_of(target))
     return Validated(loaded=loaded, targets=settings)
 
 
@@ -150,6 +152,15 @@ async def read_sources(
         return validated
     loaded = await (reader or sql.Reader()).read(validated.loaded, hasher or Hasher(os.urandom(32)))
     return dataclasses.replace(validated, loaded=loaded)
+
+
+def secrets_of(settings: BaseModel) -> Iterator[str]:
+    """The secret values a target's settings hold (every SecretStr field): they are kept out
+    of every output from here on."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            yield value.get_secret_value()
 
 
 def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -> TargetSettings:
@@ -206,6 +217,23 @@ def store_path(settings: Settings) -> Path:
         f"RECONCILER_STORE_URL: only sqlite:///PATH stores are available in this version, "
         f"not {parsed.scheme}://"
     )
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    settings: Settings, *, create: bool = True
+) -> AsyncIterator[SqliteStore | None]:
+    """The store alone (for `reconciler status`); None when `create` is false and there is no
+    store yet (nothing has run)."""
+    path = store_path(settings)
+    if not create and not path.exists():
+        yield None
+        return
+    store = await SqliteStore.open(path)
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 @contextlib.asynccontextmanager

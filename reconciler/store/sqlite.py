@@ -1,9 +1,8 @@
 """The embedded store: one SQLite file in the state directory. File I/O on one worker thread.
 
-Every ledger write is one transaction that records the target's confirmation, so a crash at any
-point leaves the ledger agreeing with what the targets confirmed. Creates are written ahead as
-pending rows before they are sent: a crash between send and confirmation still leaves the person
-owned, and the next pass converges on it (upserts are keyed by our id) instead of orphaning it.
+Every confirmed batch is one ledger transaction, so a crash leaves the ledger agreeing with the
+targets. Creates are written ahead as pending rows before they are sent, so a crash between send
+and confirmation leaves the person owned, not orphaned. Errors written here are redacted.
 """
 
 from __future__ import annotations
@@ -24,8 +23,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from reconciler import logs
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
+from reconciler.core.quarantine import Health
 from reconciler.errors import StoreError
 
 _T = TypeVar("_T")
@@ -254,7 +255,8 @@ class SqliteStore:
         if not failed and not succeeded:
             return
         rows = [
-            (target, a.person_id, a.fingerprint, a.failures, a.next_try, a.error) for a in failed
+            (target, a.person_id, a.fingerprint, a.failures, a.next_try, logs.redact(a.error))
+            for a in failed
         ]
         cleared = [(target, pid) for pid in succeeded]
 
@@ -267,6 +269,55 @@ class SqliteStore:
                 rows,
             )
             db.executemany("DELETE FROM attempts WHERE target = ? AND person_id = ?", cleared)
+
+        await self._transaction(write)
+
+    # -- target health ----------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Health]:
+        """Targets that are failing or quarantined (core.quarantine); the rest are healthy."""
+
+        def read(db: sqlite3.Connection) -> dict[str, Health]:
+            rows = db.execute(
+                "SELECT target, failing_passes, since, until, quarantines, error "
+                "FROM target_health ORDER BY target"
+            )
+            return {
+                target: Health(
+                    failing_passes=failing,
+                    since=since,
+                    until=until,
+                    quarantines=quarantines,
+                    error=error,
+                )
+                for target, failing, since, until, quarantines, error in rows
+            }
+
+        return await self._with_db(read)
+
+    async def record_health(self, target: str, health: Health) -> None:
+        """A target's health after a pass; a healthy target's row is removed."""
+
+        def write(db: sqlite3.Connection) -> None:
+            if health.healthy:
+                db.execute("DELETE FROM target_health WHERE target = ?", (target,)).close()
+                return
+            db.execute(
+                "INSERT INTO target_health "
+                "(target, failing_passes, since, until, quarantines, error) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
+                "failing_passes = excluded.failing_passes, since = excluded.since, "
+                "until = excluded.until, quarantines = excluded.quarantines, "
+                "error = excluded.error",
+                (
+                    target,
+                    health.failing_passes,
+                    health.since,
+                    health.until,
+                    health.quarantines,
+                    logs.redact(health.error),
+                ),
+            ).close()
 
         await self._transaction(write)
 
@@ -300,8 +351,8 @@ class SqliteStore:
                     time.time(),
                     result,
                     plan_fingerprint,
-                    orjson.dumps(summary).decode(),
-                    error,
+                    orjson.dumps(logs.redact(summary)).decode(),
+                    logs.redact(error),
                     pass_id,
                 ),
             ).close()

@@ -10,6 +10,7 @@ import pytest
 
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
+from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.errors import StoreError
 from reconciler.store.sqlite import SqliteStore, migrations
 
@@ -177,3 +178,17 @@ async def test_attempts_are_recorded_replaced_and_cleared(store: SqliteStore) ->
     assert await store.attempts("other") == {}
     await store.record_attempts("fog", [], ["1"])
     assert await store.attempts("fog") == {}
+
+
+async def test_target_health_is_kept_until_the_target_is_healthy(store: SqliteStore) -> None:
+    failing = Health(failing_passes=2, since=100.0, error="connection refused")
+    await store.record_health("lobby", failing)
+    assert await store.health() == {"lobby": failing}
+    quarantined = Health(
+        failing_passes=3, since=100.0, until=700.0, quarantines=1, error="connection refused"
+    )
+    await store.record_health("lobby", quarantined)
+    await store.record_health("fog", failing)
+    assert await store.health() == {"fog": failing, "lobby": quarantined}
+    await store.record_health("lobby", HEALTHY)
+    assert await store.health() == {"fog": failing}

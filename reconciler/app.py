@@ -137,6 +137,7 @@ def validate(
     if problems:
         raise DesiredError(problems)
     logs.protect(secret for target in settings.values() for secret in secrets_of(target))
+    logs.protect(secret for source in loaded.persons_from for secret in sql.secrets_of(source))
     return Validated(loaded=loaded, targets=settings)
 
 

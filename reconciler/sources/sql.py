@@ -93,8 +93,9 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
-def _secrets(url: str) -> set[str]:
-    parts = urlsplit(url)
+def secrets_of(source: PersonsSource) -> set[str]:
+    """The secrets in the source's URL (its password, as written and decoded): never shown."""
+    parts = urlsplit(source.url)
     found = {parts.password or ""}
     found |= {v for k, v in parse_qsl(parts.query) if k in ("password", "sslpassword")}
     found |= {unquote(s) for s in found}
@@ -433,7 +434,7 @@ async def _fetch(source: PersonsSource) -> _Rows | Problem:
         return await _read_postgres(source)
     except _Unreadable as exc:
         message = str(exc)
-        for secret in _secrets(source.url):
+        for secret in secrets_of(source):
             message = message.replace(secret, "***")
         return _problem(source, message)
 

@@ -22,6 +22,8 @@ from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
 from reconciler.sources import yamlfile
 from reconciler.sources.yamlfile import Loaded, RawTarget
+from reconciler.store.base import Store
+from reconciler.store.postgres import PostgresStore
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
 from reconciler.targets.base import Target, TargetSettings
@@ -71,7 +73,7 @@ class App:
     settings: Settings
     desired: Validated
     targets: dict[str, Target]
-    store: SqliteStore
+    store: Store
     hasher: Hasher
     backoff: Backoff | None = None
     #: The targets selected with --target; None: every target of the desired state.
@@ -168,17 +170,25 @@ def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -
 
 
 def store_path(settings: Settings) -> Path:
+    """The SQLite store's file (a sqlite:/// store URL)."""
     url = settings.resolved_store_url
     parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        return (
-            Path(url.removeprefix("sqlite:///"))
-            if url.startswith("sqlite:///")
-            else Path(parsed.path)
-        )
+    if parsed.scheme != "sqlite":
+        raise ConfigError(f"RECONCILER_STORE_URL: not a sqlite:/// store: {parsed.scheme}://")
+    return (
+        Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else Path(parsed.path)
+    )
+
+
+async def open_store(settings: Settings) -> Store:
+    """The store the settings name: sqlite:///PATH (one process) or postgresql://… (replicas)."""
+    scheme = urlparse(settings.resolved_store_url).scheme
+    if scheme == "sqlite":
+        return await SqliteStore.open(store_path(settings), replica=settings.replica_id)
+    if scheme in ("postgresql", "postgres"):
+        return await PostgresStore.open(settings.resolved_store_url, replica=settings.replica_id)
     raise ConfigError(
-        f"RECONCILER_STORE_URL: only sqlite:///PATH stores are available in this version, "
-        f"not {parsed.scheme}://"
+        f"RECONCILER_STORE_URL: use sqlite:///PATH or postgresql://…, not {scheme}://"
     )
 
 
@@ -193,7 +203,7 @@ async def open_app(
     backoff: Backoff | None = None,
 ) -> AsyncIterator[App]:
     """Open the store, load and validate the desired state, build the selected targets."""
-    store = await SqliteStore.open(store_path(settings))
+    store = await open_store(settings)
     built: dict[str, Target] = {}
     try:
         hasher = Hasher(await store.fingerprint_key())

@@ -28,7 +28,7 @@ from reconciler.core.changes import (
 )
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import TargetError
-from reconciler.store.sqlite import SqliteStore
+from reconciler.store.base import Store
 from reconciler.targets.base import DepartmentTarget, Outcome, Target
 
 log = structlog.get_logger("reconciler.executor")
@@ -66,7 +66,7 @@ class TargetReport:
 
 
 async def apply(
-    plan: TargetPlan, target: Target, store: SqliteStore, *, stop: asyncio.Event | None = None
+    plan: TargetPlan, target: Target, store: Store, *, stop: asyncio.Event | None = None
 ) -> TargetReport:
     """Apply one target's plan; a failing target returns failures, it never raises.
 
@@ -125,7 +125,7 @@ async def apply(
 async def _apply_departments(
     changes: Sequence[DepartmentChange],
     target: Target,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     stop: asyncio.Event | None,
 ) -> None:
@@ -186,7 +186,7 @@ def _department_failed(
 async def _apply_phase(
     changes: Sequence[Change],
     target: Target,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     stop: asyncio.Event | None,
 ) -> None:
@@ -210,7 +210,7 @@ async def _apply_phase(
 
 
 async def _record(
-    name: str, outcomes: Sequence[Outcome], store: SqliteStore, report: TargetReport
+    name: str, outcomes: Sequence[Outcome], store: Store, report: TargetReport
 ) -> None:
     now = time.time()
     applied = [
@@ -247,7 +247,7 @@ async def _record(
 
 async def _note_attempts(
     name: str,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     failed: Sequence[tuple[Change, str]],
     succeeded: Sequence[str],

@@ -1,13 +1,19 @@
-"""Shared fixtures: simulators on loopback, photo files, and a guard against leaked tasks."""
+"""Shared fixtures: simulators on loopback, photo files, PostgreSQL schemas, and a guard
+against leaked tasks."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+import itertools
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from reconciler.core.persons import Photo
 from reconciler.simulators.base import serve
@@ -55,3 +61,40 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
     for task in leaked:
         task.cancel()
     assert not leaked, f"tasks leaked: {leaked}"
+
+
+#: The test server: trust auth, database `test` (override for another server).
+POSTGRES = os.environ.get("RECONCILER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A store URL on the test PostgreSQL, in a schema unique to this test session (parallel
+    engineers share the server); that schema and every one named after it are dropped at the
+    end. Unreachable: a failure under CI=true (CI must test the PostgreSQL store), else a skip.
+    """
+    try:
+        with psycopg.connect(POSTGRES, connect_timeout=3, autocommit=True) as probe:
+            probe.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL at {POSTGRES} is unreachable: {' '.join(str(exc).split())}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI must provide it")
+        pytest.skip(f"{message} (set RECONCILER_TEST_POSTGRES, or run PostgreSQL locally)")
+    prefix = f"reconciler_test_{os.getpid()}_{secrets.token_hex(4)}"
+    yield f"{POSTGRES}?schema={prefix}"
+    with psycopg.connect(POSTGRES, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,)
+        ).fetchall()
+        for (schema,) in rows:
+            db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+_schemas = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Callable[[], str]:
+    """Store URLs in fresh schemas of this session's (each call: a new, empty one)."""
+    return lambda: f"{postgres_url}_{next(_schemas)}"

@@ -27,7 +27,7 @@ from reconciler.store.postgres import PostgresStore
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
 from reconciler.targets.base import Target, TargetSettings
-from reconciler.targets.http import Backoff
+from reconciler.targets.http import Backoff, identify
 
 
 class Environment(Mapping[str, str]):
@@ -204,6 +204,7 @@ async def open_app(
 ) -> AsyncIterator[App]:
     """Open the store, load and validate the desired state, build the selected targets."""
     store = await open_store(settings)
+    identify(store.replica)
     built: dict[str, Target] = {}
     try:
         hasher = Hasher(await store.fingerprint_key())

@@ -25,6 +25,7 @@ from reconciler import cycle
 from reconciler.app import App
 from reconciler.core.changes import Plan, Reason, TargetPlan
 from reconciler.daemon import server, watching
+from reconciler.daemon.leadership import Leadership
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.scheduling import Schedule
@@ -81,6 +82,7 @@ class Daemon:
         self.trigger = Trigger()
         self._stopping: asyncio.Event | None = None
         self._signature: str | None = None
+        self.leadership: Leadership | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -103,6 +105,7 @@ class Daemon:
 
     async def _serve(self, app: App) -> int:
         assert self._stopping is not None
+        leadership = self.leadership = Leadership(app.store, active=not self.dry_run)
         self._signature = await asyncio.to_thread(self._current_signature, app)
         self._show_desired(app)
         listening = await server.start(
@@ -122,6 +125,18 @@ class Daemon:
             watching.watch(self.desired_path, self.trigger, watch_stop), name="watcher"
         )
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        # Replicas sharing a store take over targets nobody owns between passes, too.
+        leader = None
+        if app.store.shared and not self.dry_run:
+            leader = asyncio.create_task(
+                leadership.watch(
+                    lambda: list(app.targets),
+                    lambda: self.trigger.request("takeover"),
+                    watch_stop,
+                    self.settings.leadership_check,
+                ),
+                name="leadership",
+            )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -133,6 +148,7 @@ class Daemon:
             interval=self.interval,
             dry_run=self.dry_run,
             targets=sorted(app.targets),
+            replica=app.store.replica,
         )
         schedule.start()
         self.trigger.request("startup")
@@ -148,6 +164,8 @@ class Daemon:
                 await asyncio.wait_for(watcher, WATCH_STOP_TIMEOUT)
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if leader is not None:
+                await leader
             await listening.close()
         log.info("daemon.stopped", passes=self.status.passes)
         return 0
@@ -187,6 +205,7 @@ class Daemon:
     # -- one pass ----------------------------------------------------------------------------
 
     async def _pass(self, app: App, reasons: tuple[str, ...]) -> None:
+        assert self.leadership is not None
         number = self.status.passes + 1
         started_wall, started = time.time(), time.monotonic()
         self.status.in_pass = True
@@ -197,7 +216,8 @@ class Daemon:
         result: PassResult
         try:
             await self._refresh_desired(app)
-            plan = await cycle.plan(app, only=self.only, backoff=True)
+            held = await self.leadership.hold(app.targets)
+            plan = await cycle.plan(app, only=self.only, backoff=True, targets=held)
             if self.dry_run:
                 cycle.log_plan(plan, mode="dry-run")
                 reports: dict[str, TargetReport] = {}
@@ -220,6 +240,7 @@ class Daemon:
             log.exception("pass.crashed", number=number)
         finally:
             self.status.in_pass = False
+            await self.leadership.let_go(app.targets)
         finished = time.monotonic()
         outcome = PassOutcome(
             number=number,
@@ -235,7 +256,9 @@ class Daemon:
         )
         self.status.passes = number
         self.status.last_pass = outcome
+        self.status.leadership = self.leadership.view
         self.metrics.record_pass(outcome)
+        self.metrics.set_leadership(self.leadership.view)
         log.info(
             "pass.finished",
             number=number,

@@ -17,9 +17,17 @@ from structlog.testing import capture_logs
 
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.server import MAX_BODY, Listening, make_app, parse_listen, start
-from reconciler.daemon.status import DesiredView, FailureView, PassOutcome, Status, TargetPass
+from reconciler.daemon.status import (
+    DesiredView,
+    FailureView,
+    LeadershipView,
+    PassOutcome,
+    Status,
+    TargetPass,
+)
 from reconciler.daemon.trigger import Trigger
 from reconciler.errors import ConfigError
+from reconciler.store.base import Holding
 
 SECRET = "whk-7f3a9c1e-never-logged"
 INTERVAL = 60.0
@@ -188,6 +196,27 @@ async def test_status_is_the_document_with_each_target(daemon: Daemon) -> None:
     assert lobby["failed"] == {"update": 1}
     assert lobby["held"] == {"deletes": 3, "reason": "more than 10% of the target's persons"}
     assert lobby["failures"] == [{"person": "1001", "action": "update", "error": "HTTP 500"}]
+
+
+async def test_status_shows_which_replica_holds_which_target(daemon: Daemon) -> None:
+    daemon.status.leadership = LeadershipView(
+        replica="pod-a",
+        replicas=("pod-a", "pod-b"),
+        holders={
+            "lobby": Holding(owner="pod-a"),
+            "gate": Holding(owner="pod-b", writer="ops-host-77 (a command)"),
+            "fog": Holding(),
+        },
+        held=frozenset({"lobby"}),
+    )
+    code, document = await get_json(daemon, "/status")
+    assert code == 200
+    assert (document["replica"], document["replicas"]) == ("pod-a", ["pod-a", "pod-b"])
+    assert document["holders"] == {
+        "fog": {"owner": None, "writer": None},
+        "gate": {"owner": "pod-b", "writer": "ops-host-77 (a command)"},
+        "lobby": {"owner": "pod-a", "writer": None},
+    }
 
 
 async def test_status_before_any_pass_has_no_targets(daemon: Daemon) -> None:

@@ -228,3 +228,20 @@ def test_without_postgresql_ci_fails_and_a_laptop_skips(ci: str, outcome: str) -
     assert done.returncode == (1 if ci else 0)
     if ci:
         assert "CI must provide it" in done.stdout
+
+
+def test_the_command_line_names_an_unreachable_store_without_its_password(tmp_path: Path) -> None:
+    (tmp_path / "desired.yaml").write_text("version: 1\ntargets: {}\npersons: []\n")
+    url = f"postgresql://rec:pw-never-shown-7719@127.0.0.1:{closed_port()}/db?schema=site_a"
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan"],
+        cwd=tmp_path,
+        env={**os.environ, "RECONCILER_STORE_URL": url, "RECONCILER_LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "cannot connect to the store postgresql://rec:***@127.0.0.1:" in done.stderr
+    assert "pw-never-shown-7719" not in done.stdout + done.stderr

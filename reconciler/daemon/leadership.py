@@ -1,15 +1,9 @@
-"""Leadership: which targets this replica writes, spread over the replicas sharing the store.
+"""Leadership: which targets this replica owns and writes, spread over the replicas of a store.
 
-Each target has one owner among the daemons sharing a PostgreSQL store (a lock the server
-releases when the owner's connection ends). A replica owns at most its fair share,
-ceil(targets / live replicas), preferring the targets that rank highest for it (rendezvous
-hashing: replicas starting together rarely contend). It gives up targets above its share only
-between passes, never under a pass, and looks for targets nobody owns every `check` seconds,
-taking its share of them and requesting a pass at once: a dead replica's targets are written
-again within a check and a pass of the server noticing its death. Around each pass the replica
-takes the writer lock of every target it owns and is not written by someone else (an
-operator's `apply`). With the SQLite store one replica owns every target. I/O through the store.
-"""
+Owners hold a lock the server releases when their connection ends; each replica owns a fair
+share, lets its excess go between passes only, and takes orphaned targets every few seconds,
+so a dead replica's targets are written again within a check and a pass. With the SQLite store
+one replica owns every target. I/O through the store."""
 
 from __future__ import annotations
 
@@ -36,7 +30,15 @@ def rank(replica: str, target: str) -> int:
 
 
 class Leadership:
-    """The targets one daemon replica owns and writes; see the module docstring."""
+    """The targets one daemon replica owns and writes.
+
+    A replica owns at most ceil(targets / live replicas), preferring the targets that rank
+    highest for it (rendezvous hashing: replicas starting together rarely contend). It gives up
+    targets above its share only between passes, never under one, and every `check` seconds
+    takes its share of the targets nobody owns, requesting a pass at once. Around each pass it
+    holds the writer lock of every target it owns that nobody else (an operator's `apply`) is
+    writing, and plans and applies only those.
+    """
 
     def __init__(self, store: Store, *, active: bool = True) -> None:
         self.store = store

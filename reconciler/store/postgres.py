@@ -1,12 +1,9 @@
-"""The shared store: PostgreSQL, for several replicas of the daemon. Network I/O (psycopg).
+"""The shared store: PostgreSQL, for several daemon replicas. Network I/O (psycopg).
 
-The same ledger semantics as the SQLite store: one transaction per recorded batch, upserts keyed
-by our id, pending rows written ahead of creates. One connection per process carries both the
-data and the process's session-level advisory locks (who owns a target, who writes it now): if
-it drops, the server releases the locks, and this process refuses every further write inside
-its writer (StoreError) instead of recording over the replica that took the target over.
-psycopg's errors are mapped here, once, into StoreError; no message carries the URL's password.
-"""
+The SQLite store's ledger semantics, plus leadership: one connection per process carries its
+data and its session-level advisory locks (who owns a target, who writes it now), so a process
+that lost them can record nothing more under them. psycopg's errors are mapped here, once, into
+StoreError, and no message carries the URL's password."""
 
 from __future__ import annotations
 

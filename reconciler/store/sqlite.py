@@ -4,7 +4,6 @@ Every ledger write is one transaction that records the target's confirmation, so
 point leaves the ledger agreeing with what the targets confirmed. Creates are written ahead as
 pending rows before they are sent: a crash between send and confirmation still leaves the person
 owned, and the next pass converges on it (upserts are keyed by our id) instead of orphaning it.
-One process writes at a time (a file lock), so one daemon replica owns every target.
 """
 
 from __future__ import annotations

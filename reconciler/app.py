@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from reconciler import logs
 from reconciler.core.records import Hasher
 from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
 from reconciler.sources import yamlfile
 from reconciler.sources.yamlfile import Loaded, RawTarget
 from reconciler.store.base import Store
-from reconciler.store.postgres import PostgresStore
+from reconciler.store.postgres import PostgresStore, parse_url
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
 from reconciler.targets.base import Target, TargetSettings
@@ -125,7 +126,17 @@ def validate(
             problems.extend(exc.problems)
     if problems:
         raise DesiredError(problems)
+    logs.protect(secret for target in settings.values() for secret in secrets_of(target))
     return Validated(loaded=loaded, targets=settings)
+
+
+def secrets_of(settings: BaseModel) -> Iterator[str]:
+    """The secret values a target's settings hold (every SecretStr field): they are kept out
+    of every output from here on."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            yield value.get_secret_value()
 
 
 def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -> TargetSettings:
@@ -180,7 +191,7 @@ def store_path(settings: Settings) -> Path:
     )
 
 
-async def open_store(settings: Settings) -> Store:
+async def connect_store(settings: Settings) -> Store:
     """The store the settings name: sqlite:///PATH (one process) or postgresql://… (replicas)."""
     scheme = urlparse(settings.resolved_store_url).scheme
     if scheme == "sqlite":
@@ -190,6 +201,29 @@ async def open_store(settings: Settings) -> Store:
     raise ConfigError(
         f"RECONCILER_STORE_URL: use sqlite:///PATH or postgresql://…, not {scheme}://"
     )
+
+
+def store_location(settings: Settings) -> str:
+    """Where the store is, for messages: the SQLite file, or the URL without its password."""
+    if urlparse(settings.resolved_store_url).scheme == "sqlite":
+        return str(store_path(settings))
+    return parse_url(settings.resolved_store_url).shown
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings, *, create: bool = True) -> AsyncIterator[Store | None]:
+    """The store alone (for `reconciler status`); None when `create` is false and there is no
+    SQLite store yet (nothing has run). A PostgreSQL store is always opened (and migrated)."""
+    if urlparse(settings.resolved_store_url).scheme == "sqlite":
+        path = store_path(settings)
+        if not create and not path.exists():
+            yield None
+            return
+    store = await connect_store(settings)
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -203,7 +237,7 @@ async def open_app(
     backoff: Backoff | None = None,
 ) -> AsyncIterator[App]:
     """Open the store, load and validate the desired state, build the selected targets."""
-    store = await open_store(settings)
+    store = await connect_store(settings)
     identify(store.replica)
     built: dict[str, Target] = {}
     try:

@@ -59,6 +59,12 @@ class TargetReport:
     interrupted: int = 0
     #: Failed changes' back-off so far, by person (loaded once per apply, kept current).
     attempts: dict[str, Attempt] = field(default_factory=dict)
+    #: Person changes sent to the target, and those that failed in a way worth retrying: the
+    #: target's verdict for core.quarantine.
+    attempted: int = 0
+    retryable_failures: int = 0
+    #: The target failed as a whole part-way (it stopped answering), not one change.
+    target_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,6 +85,9 @@ async def apply(
     if plan.suspended:
         report.skipped = "suspended"
         log.info("target.suspended", target=plan.target, changes=len(plan.changes))
+        return report
+    if plan.quarantined:
+        report.skipped = "quarantined"
         return report
     if plan.forget:
         await store.forget(plan.target, plan.forget)
@@ -138,6 +147,7 @@ async def _apply_departments(
     try:
         outcomes = await cast(DepartmentTarget, target).apply_departments(changes)
     except TargetError as exc:
+        report.target_error = exc.message
         for change in changes:
             _department_failed(name, report, change, exc.message)
         return
@@ -195,6 +205,7 @@ async def _apply_phase(
         report.interrupted += len(changes)
         return
     answered: set[str] = set()
+    report.attempted += len(changes)
     try:
         async for outcomes in target.apply(changes, stop=stop):
             await _record(name, outcomes, store, report)
@@ -202,11 +213,14 @@ async def _apply_phase(
     except TargetError as exc:
         # A target that fails mid-way fails what it did not confirm; the rest stays recorded.
         unanswered = [c for c in changes if c.person_id not in answered]
+        report.target_error = exc.message
         for change in unanswered:
             _failed(name, report, change, exc.message)
         await _note_attempts(name, store, report, [(c, exc.message) for c in unanswered], [])
         return
-    report.interrupted += sum(1 for c in changes if c.person_id not in answered)
+    interrupted = sum(1 for c in changes if c.person_id not in answered)
+    report.interrupted += interrupted
+    report.attempted -= interrupted
 
 
 async def _record(
@@ -270,6 +284,8 @@ def _failed(
     name: str, report: TargetReport, change: Change, error: str, *, retryable: bool = True
 ) -> None:
     report.failures.append(Failure(person_id=change.person_id, action=change.action, error=error))
+    if retryable:
+        report.retryable_failures += 1
     log.warning(
         "change.failed",
         target=name,

@@ -55,6 +55,11 @@ class Metrics:
     - ``reconciler_held_deletes{target}`` gauge: deletes held back by the safety limits.
     - ``reconciler_deferred_changes{target}`` gauge: failed changes waiting out their back-off.
     - ``reconciler_target_errors_total{target}`` counter: passes in which the target had an error.
+    - ``reconciler_target_failing_passes{target}`` gauge: failing passes in a row (0: healthy).
+    - ``reconciler_target_quarantined{target}`` gauge: 1 while the target is quarantined (left
+      alone, backing off as a whole), else 0.
+    - ``reconciler_target_quarantined_until_seconds{target}`` gauge: when the current quarantine
+      ends (epoch), 0 when not quarantined.
     - ``reconciler_foreign_persons{target}`` gauge: persons on the target we do not own.
     - ``reconciler_invalid_persons{target}`` gauge: desired persons the target cannot take.
     - ``reconciler_last_pass_timestamp_seconds`` gauge: when the last pass finished (epoch).
@@ -116,6 +121,24 @@ class Metrics:
         self._errors = Counter(
             "reconciler_target_errors",
             "Passes in which the target could not be observed or written.",
+            ["target"],
+            registry=r,
+        )
+        self._failing = Gauge(
+            "reconciler_target_failing_passes",
+            "Failing passes in a row per target; 0 when healthy.",
+            ["target"],
+            registry=r,
+        )
+        self._quarantined = Gauge(
+            "reconciler_target_quarantined",
+            "1 while the target is quarantined (backing off as a whole), else 0.",
+            ["target"],
+            registry=r,
+        )
+        self._quarantined_until = Gauge(
+            "reconciler_target_quarantined_until_seconds",
+            "When the target's quarantine ends, seconds since the epoch; 0 when not quarantined.",
             ["target"],
             registry=r,
         )
@@ -182,6 +205,11 @@ class Metrics:
             self._deferred.labels(target=name).set(target.deferred)
             self._foreign.labels(target=name).set(target.foreign)
             self._invalid.labels(target=name).set(target.invalid)
+            quarantined = target.health.quarantined(outcome.finished_at)
+            self._failing.labels(target=name).set(target.health.failing_passes)
+            self._quarantined.labels(target=name).set(1 if quarantined else 0)
+            until = target.health.until if quarantined and target.health.until else 0.0
+            self._quarantined_until.labels(target=name).set(until)
         present = set(outcome.targets)
         # A failed pass may not have reached the targets at all: an empty list then says nothing
         # about which targets exist, so only a pass that ran may retire a target's series.
@@ -193,6 +221,9 @@ class Metrics:
                     self._deferred,
                     self._foreign,
                     self._invalid,
+                    self._failing,
+                    self._quarantined,
+                    self._quarantined_until,
                 ):
                     gauge.remove(gone)
             self._targets = present

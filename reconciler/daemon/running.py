@@ -24,6 +24,7 @@ from reconciler import app as composition
 from reconciler import cycle
 from reconciler.app import App
 from reconciler.core.changes import Plan, Reason, TargetPlan
+from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.daemon import server, watching
 from reconciler.daemon.leadership import Leadership
 from reconciler.daemon.metrics import Metrics
@@ -31,6 +32,7 @@ from reconciler.daemon.notify import Notifier
 from reconciler.daemon.scheduling import Schedule
 from reconciler.daemon.status import (
     FAILURES_SHOWN,
+    FOREIGN_SHOWN,
     DesiredView,
     FailureView,
     PassOutcome,
@@ -218,6 +220,7 @@ class Daemon:
             await self._refresh_desired(app)
             held = await self.leadership.hold(app.targets)
             plan = await cycle.plan(app, only=self.only, backoff=True, targets=held)
+            health = {name: tp.health for name, tp in plan.targets.items()}
             if self.dry_run:
                 cycle.log_plan(plan, mode="dry-run")
                 reports: dict[str, TargetReport] = {}
@@ -225,10 +228,17 @@ class Daemon:
             else:
                 report = await cycle.apply(app, plan, stop=self._stopping)
                 reports = {r.target: r for r in report.targets}
+                health.update(report.health)
                 result = report.result
             managed = await app.store.managed()
             targets = {
-                name: target_pass(tp, reports.get(name), managed.get(name, 0), dry_run=self.dry_run)
+                name: target_pass(
+                    tp,
+                    reports.get(name),
+                    managed.get(name, 0),
+                    dry_run=self.dry_run,
+                    health=health[name],
+                )
                 for name, tp in plan.targets.items()
             }
         except ReconcilerError as exc:
@@ -321,14 +331,21 @@ class Daemon:
 
 
 def target_pass(
-    plan: TargetPlan, report: TargetReport | None, managed: int, *, dry_run: bool
+    plan: TargetPlan,
+    report: TargetReport | None,
+    managed: int,
+    *,
+    dry_run: bool,
+    health: Health = HEALTHY,
 ) -> TargetPass:
     """What one pass did to one target, for /status and the metrics."""
     planned = Counter(c.action.value for c in plan.changes)
     failed = Counter(f.action.value for f in report.failures) if report else Counter[str]()
     applied = dict(report.applied_by_action) if report else {}
     result: TargetResult
-    if plan.error is not None:
+    if plan.quarantined:
+        result = "quarantined"
+    elif plan.error is not None:
         result = "unobservable"
     elif plan.suspended:
         result = "suspended"
@@ -352,9 +369,11 @@ def target_pass(
         held_reason=plan.held_reason,
         deferred=len(plan.deferred),
         foreign=len(plan.foreign),
+        foreign_persons=plan.foreign[:FOREIGN_SHOWN],
         invalid=len(plan.invalid),
         managed=managed,
         error=plan.error,
+        health=health,
         failures=tuple(
             FailureView(person=f.person_id, action=f.action.value, error=f.error)
             for f in (report.failures[:FAILURES_SHOWN] if report else ())

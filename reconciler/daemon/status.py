@@ -10,16 +10,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from reconciler.core.changes import health_document
+from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.store.base import Holding
 
 #: A target's result in one pass.
-TargetResult = Literal["ok", "partial", "failed", "unobservable", "suspended", "dry-run"]
+TargetResult = Literal[
+    "ok", "partial", "failed", "unobservable", "suspended", "quarantined", "dry-run"
+]
 #: A pass's result: ok (every change applied), partial (some failed or a target was not
 #: observed), failed (the pass itself could not run).
 PassResult = Literal["ok", "partial", "failed"]
 
 #: Failures kept per target for /status: enough to act on, not a dump.
 FAILURES_SHOWN = 20
+#: Foreign person ids listed per target in /status (the count is always complete).
+FOREIGN_SHOWN = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,11 +53,15 @@ class TargetPass:
     #: Changes that failed before and wait out their back-off.
     deferred: int = 0
     foreign: int = 0
+    #: The first FOREIGN_SHOWN of them, by id: enough to decide whether to adopt.
+    foreign_persons: tuple[str, ...] = ()
     invalid: int = 0
     #: Ledger entries for this target after the pass.
     managed: int = 0
     error: str | None = None
     failures: tuple[FailureView, ...] = ()
+    #: The target's record of failing passes after this pass (core.quarantine).
+    health: Health = HEALTHY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,8 +190,10 @@ class Status:
                     "held": {"deletes": t.held, "reason": t.held_reason} if t.held else None,
                     "deferred": t.deferred,
                     "foreign": t.foreign,
+                    "foreign_persons": list(t.foreign_persons),
                     "invalid": t.invalid,
                     "error": t.error,
+                    "health": _health(t.health, time.time()),
                     "failures": [
                         {"person": f.person, "action": f.action, "error": f.error}
                         for f in t.failures
@@ -190,6 +202,16 @@ class Status:
                 for name, t in (last.targets.items() if last else ())
             },
         }
+
+
+def _health(health: Health, now: float) -> dict[str, Any] | None:
+    if health.healthy:
+        return None
+    return {
+        **health_document(health, quarantined=health.quarantined(now)),
+        "failing_since": _iso(health.since) if health.since else None,
+        "quarantined_until": _iso(health.until) if health.until else None,
+    }
 
 
 def _iso(seconds: float) -> str:

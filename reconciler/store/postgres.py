@@ -3,7 +3,7 @@
 The SQLite store's ledger semantics, plus leadership: one connection per process carries its
 data and its session-level advisory locks (who owns a target, who writes it now), so a process
 that lost them can record nothing more under them. psycopg's errors are mapped here, once, into
-StoreError, and no message carries the URL's password."""
+StoreError, and no message carries the URL's password; errors written here are redacted."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from reconciler import logs
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
@@ -92,7 +93,7 @@ def parse_url(url: str) -> Location:
     if parts.password is not None:
         userinfo, _, host = netloc.rpartition("@")
         netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    shown_query = urlencode([(k, "***" if k == "password" else v) for k, v in kept], safe="*")
+    shown_query = urlencode([(k, "***" if k == "password" else v) for k, v in query], safe="*")
     shown = urlunsplit((parts.scheme, netloc, parts.path, shown_query, ""))
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigError(
@@ -299,7 +300,8 @@ class PostgresStore:
         if not failed and not succeeded:
             return
         rows = [
-            (target, a.person_id, a.fingerprint, a.failures, a.next_try, a.error) for a in failed
+            (target, a.person_id, a.fingerprint, a.failures, a.next_try, logs.redact(a.error))
+            for a in failed
         ]
         async with self._cursor(write_for=target) as cur:
             if rows:
@@ -351,7 +353,7 @@ class PostgresStore:
                     health.since,
                     health.until,
                     health.quarantines,
-                    health.error,
+                    logs.redact(health.error),
                 ),
             )
 
@@ -386,8 +388,8 @@ class PostgresStore:
                     time.time(),
                     result,
                     plan_fingerprint,
-                    orjson.dumps(summary).decode(),
-                    error,
+                    orjson.dumps(logs.redact(summary)).decode(),
+                    logs.redact(error),
                     pass_id,
                 ),
             )

@@ -1,9 +1,8 @@
 """The embedded store: one SQLite file in the state directory. File I/O on one worker thread.
 
-Every ledger write is one transaction that records the target's confirmation, so a crash at any
-point leaves the ledger agreeing with what the targets confirmed. Creates are written ahead as
-pending rows before they are sent: a crash between send and confirmation still leaves the person
-owned, and the next pass converges on it (upserts are keyed by our id) instead of orphaning it.
+Every confirmed batch is one ledger transaction, so a crash leaves the ledger agreeing with the
+targets. Creates are written ahead as pending rows before they are sent, so a crash between send
+and confirmation leaves the person owned, not orphaned. Errors written here are redacted.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from reconciler import logs
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
@@ -247,7 +247,8 @@ class SqliteStore:
         if not failed and not succeeded:
             return
         rows = [
-            (target, a.person_id, a.fingerprint, a.failures, a.next_try, a.error) for a in failed
+            (target, a.person_id, a.fingerprint, a.failures, a.next_try, logs.redact(a.error))
+            for a in failed
         ]
         cleared = [(target, pid) for pid in succeeded]
 
@@ -306,7 +307,7 @@ class SqliteStore:
                     health.since,
                     health.until,
                     health.quarantines,
-                    health.error,
+                    logs.redact(health.error),
                 ),
             ).close()
 
@@ -342,8 +343,8 @@ class SqliteStore:
                     time.time(),
                     result,
                     plan_fingerprint,
-                    orjson.dumps(summary).decode(),
-                    error,
+                    orjson.dumps(logs.redact(summary)).decode(),
+                    logs.redact(error),
                     pass_id,
                 ),
             ).close()

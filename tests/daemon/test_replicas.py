@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from reconciler.simulators.base import Entry, Faults, serve
@@ -284,5 +285,22 @@ async def test_apply_waits_for_the_writer_then_fails_naming_it(
         assert {replica_of(e) for e in terminals["t3"][0].log.entries if e.write} == {
             f"{socket.gethostname()}-{done.pid}"
         }
+        # `reconciler status` reads the same store.
+        shown = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "reconciler",
+            "status",
+            "--json",
+            cwd=tmp_path,
+            env={**os.environ, "RECONCILER_STORE_URL": store_url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(shown.communicate(), DEADLINE)
+        assert shown.returncode == 0, err.decode()[-2000:]
+        document = orjson.loads(out)
+        assert document["store"] == store_url  # no password in it to mask
+        assert document["targets"]["t3"]["managed"] == len(PERSONS)
     finally:
         await holder.aclose()

@@ -15,9 +15,12 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from reconciler.core.changes import TargetPlan
 from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.running import target_pass
 from reconciler.daemon.server import MAX_BODY, Listening, make_app, parse_listen, start
 from reconciler.daemon.status import (
+    FOREIGN_SHOWN,
     DesiredView,
     FailureView,
     LeadershipView,
@@ -450,3 +453,13 @@ async def test_a_closed_server_refuses_connections() -> None:
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientConnectionError):
             await http.get(listening.url + "/healthz")
+
+
+def test_status_lists_the_foreign_persons_it_counts() -> None:
+    """Foreign persons are listed by id (up to FOREIGN_SHOWN), so an operator can decide on
+    `reconciler adopt` from /status alone."""
+    foreign = tuple(f"{n:05d}" for n in range(FOREIGN_SHOWN + 5))
+    plan = TargetPlan(target="lobby", kind="nebula_pass", foreign=foreign)
+    shown = target_pass(plan, None, 0, dry_run=False)
+    assert shown.foreign == FOREIGN_SHOWN + 5
+    assert shown.foreign_persons == foreign[:FOREIGN_SHOWN]

@@ -31,7 +31,9 @@ def test_the_url_names_the_schema_and_is_shown_without_its_password() -> None:
         "postgresql://rec:s%40cret-77@db.example:5433/prod?schema=recon&sslmode=require"
     )
     assert location.schema == "recon"
-    assert location.shown == "postgresql://rec:***@db.example:5433/prod?sslmode=require"
+    assert (
+        location.shown == "postgresql://rec:***@db.example:5433/prod?schema=recon&sslmode=require"
+    )
     assert "schema" not in location.conninfo
     assert "sslmode=require" in location.conninfo
     assert parse_url("postgresql://h/db").schema == "reconciler"

@@ -24,10 +24,12 @@ from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
 from reconciler.sources import sql, yamlfile
 from reconciler.sources.yamlfile import Loaded, RawTarget
+from reconciler.store.base import Store
+from reconciler.store.postgres import PostgresStore, parse_url
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
 from reconciler.targets.base import Target, TargetSettings
-from reconciler.targets.http import Backoff
+from reconciler.targets.http import Backoff, identify
 
 
 class Environment(Mapping[str, str]):
@@ -73,7 +75,7 @@ class App:
     settings: Settings
     desired: Validated
     targets: dict[str, Target]
-    store: SqliteStore
+    store: Store
     hasher: Hasher
     backoff: Backoff | None = None
     #: The targets selected with --target; None: every target of the desired state.
@@ -206,31 +208,45 @@ def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -
 
 
 def store_path(settings: Settings) -> Path:
+    """The SQLite store's file (a sqlite:/// store URL)."""
     url = settings.resolved_store_url
     parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        return (
-            Path(url.removeprefix("sqlite:///"))
-            if url.startswith("sqlite:///")
-            else Path(parsed.path)
-        )
-    raise ConfigError(
-        f"RECONCILER_STORE_URL: only sqlite:///PATH stores are available in this version, "
-        f"not {parsed.scheme}://"
+    if parsed.scheme != "sqlite":
+        raise ConfigError(f"RECONCILER_STORE_URL: not a sqlite:/// store: {parsed.scheme}://")
+    return (
+        Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else Path(parsed.path)
     )
 
 
+async def connect_store(settings: Settings) -> Store:
+    """The store the settings name: sqlite:///PATH (one process) or postgresql://… (replicas)."""
+    scheme = urlparse(settings.resolved_store_url).scheme
+    if scheme == "sqlite":
+        return await SqliteStore.open(store_path(settings), replica=settings.replica_id)
+    if scheme in ("postgresql", "postgres"):
+        return await PostgresStore.open(settings.resolved_store_url, replica=settings.replica_id)
+    raise ConfigError(
+        f"RECONCILER_STORE_URL: use sqlite:///PATH or postgresql://…, not {scheme}://"
+    )
+
+
+def store_location(settings: Settings) -> str:
+    """Where the store is, for messages: the SQLite file, or the URL without its password."""
+    if urlparse(settings.resolved_store_url).scheme == "sqlite":
+        return str(store_path(settings))
+    return parse_url(settings.resolved_store_url).shown
+
+
 @contextlib.asynccontextmanager
-async def open_store(
-    settings: Settings, *, create: bool = True
-) -> AsyncIterator[SqliteStore | None]:
+async def open_store(settings: Settings, *, create: bool = True) -> AsyncIterator[Store | None]:
     """The store alone (for `reconciler status`); None when `create` is false and there is no
-    store yet (nothing has run)."""
-    path = store_path(settings)
-    if not create and not path.exists():
-        yield None
-        return
-    store = await SqliteStore.open(path)
+    SQLite store yet (nothing has run). A PostgreSQL store is always opened (and migrated)."""
+    if urlparse(settings.resolved_store_url).scheme == "sqlite":
+        path = store_path(settings)
+        if not create and not path.exists():
+            yield None
+            return
+    store = await connect_store(settings)
     try:
         yield store
     finally:
@@ -249,7 +265,8 @@ async def open_app(
 ) -> AsyncIterator[App]:
     """Open the store, load and validate the desired state (its persons_from sources read),
     build the selected targets."""
-    store = await SqliteStore.open(store_path(settings))
+    store = await connect_store(settings)
+    identify(store.replica)
     built: dict[str, Target] = {}
     try:
         hasher = Hasher(await store.fingerprint_key())

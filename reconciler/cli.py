@@ -12,7 +12,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -307,7 +307,7 @@ async def _status(options: Options) -> dict[str, Any]:
     """Per target, from the store: its last applied pass, ledger size, failures, health."""
     wanted = set(options.targets)
     async with composition.open_store(options.settings, create=False) as store:
-        where = str(composition.store_path(options.settings))
+        where = composition.store_location(options.settings)
         if store is None:
             return {"store": where, "targets": {}}
         managed = await store.managed()
@@ -428,9 +428,16 @@ async def _adopt(
 async def _apply(
     options: Options, saved: Mapping[str, Any] | None, *, yes: bool, release: bool, dry_run: bool
 ) -> int:
-    async with composition.open_app(
-        options.settings, desired_path=options.file, targets=options.targets
-    ) as app:
+    async with (
+        composition.open_app(
+            options.settings, desired_path=options.file, targets=options.targets
+        ) as app,
+        # The targets' writer locks from planning to the end of the apply: no daemon replica
+        # writes them in between, so what was shown is what is applied.
+        nullcontext(frozenset[str]())
+        if dry_run
+        else app.store.writer(app.targets, wait=options.settings.lock_wait),
+    ):
         computed = await cycle.plan(app, only=options.only)
         if saved is not None:
             check_fresh(saved, computed)

@@ -46,13 +46,20 @@ class PassReport:
         return sum(t.applied for t in self.targets)
 
 
-async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool = False) -> Plan:
-    """Observe every target and compute the plan, guards applied; changes nothing anywhere.
+async def plan(
+    app: App,
+    *,
+    only: Collection[str] | None = None,
+    backoff: bool = False,
+    targets: Collection[str] | None = None,
+) -> Plan:
+    """Observe every target (or only `targets`) and compute the plan, guards applied; changes
+    nothing anywhere.
 
     Held deletes are released afterwards, and only by an operator (apply --allow-mass-delete).
     With `backoff` (the daemon), changes that failed before wait out their back-off and a
     quarantined target is left alone until its quarantine ends; an operator's own plan and
-    apply try everything.
+    apply try everything. A replica plans only the targets it holds.
     """
     desired = app.desired.loaded.desired
     health = await app.store.health()
@@ -86,7 +93,7 @@ async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool =
             checked = attempts.defer(checked, await app.store.attempts(name), time.time())
         return checked
 
-    names = sorted(app.targets)
+    names = sorted(n for n in app.targets if targets is None or n in targets)
     planned = await asyncio.gather(*(one(name, app.targets[name]) for name in names))
     return Plan(
         desired_digest=desired.digest,
@@ -208,7 +215,7 @@ async def apply(app: App, plan: Plan, *, stop: asyncio.Event | None = None) -> P
 
     Once `stop` is set nothing new starts; what is in flight finishes and is recorded.
     """
-    async with app.store.writer():
+    async with app.store.writer(plan.targets, wait=app.settings.lock_wait):
         pass_id = await app.store.begin_pass("apply")
         log_plan(plan, mode="apply")
         reports = await asyncio.gather(
@@ -257,7 +264,7 @@ async def adopt(
     """
     desired = app.desired.loaded.desired
     found: list[Adoption] = []
-    async with app.store.writer():
+    async with app.store.writer(app.targets, wait=app.settings.lock_wait):
         for name in sorted(app.targets):
             target = app.targets[name]
             spec = target.spec

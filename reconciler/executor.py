@@ -28,7 +28,7 @@ from reconciler.core.changes import (
 )
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import TargetError
-from reconciler.store.sqlite import SqliteStore
+from reconciler.store.base import Store
 from reconciler.targets.base import DepartmentTarget, Outcome, Target
 
 log = structlog.get_logger("reconciler.executor")
@@ -72,7 +72,7 @@ class TargetReport:
 
 
 async def apply(
-    plan: TargetPlan, target: Target, store: SqliteStore, *, stop: asyncio.Event | None = None
+    plan: TargetPlan, target: Target, store: Store, *, stop: asyncio.Event | None = None
 ) -> TargetReport:
     """Apply one target's plan; a failing target returns failures, it never raises.
 
@@ -134,7 +134,7 @@ async def apply(
 async def _apply_departments(
     changes: Sequence[DepartmentChange],
     target: Target,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     stop: asyncio.Event | None,
 ) -> None:
@@ -196,7 +196,7 @@ def _department_failed(
 async def _apply_phase(
     changes: Sequence[Change],
     target: Target,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     stop: asyncio.Event | None,
 ) -> None:
@@ -224,7 +224,7 @@ async def _apply_phase(
 
 
 async def _record(
-    name: str, outcomes: Sequence[Outcome], store: SqliteStore, report: TargetReport
+    name: str, outcomes: Sequence[Outcome], store: Store, report: TargetReport
 ) -> None:
     now = time.time()
     applied = [
@@ -261,7 +261,7 @@ async def _record(
 
 async def _note_attempts(
     name: str,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     failed: Sequence[tuple[Change, str]],
     succeeded: Sequence[str],

@@ -1,19 +1,21 @@
-"""Shared fixtures: simulators on loopback, photo files, the test PostgreSQL, and a guard against
-leaked tasks."""
+"""Shared fixtures: simulators on loopback, photo files, the test PostgreSQL (schemas of each
+test's own), and a guard against leaked tasks."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from reconciler.core.persons import Photo
 from reconciler.simulators.base import serve
@@ -51,8 +53,8 @@ def photos(tmp_path: Path) -> dict[str, Photo]:
     return found
 
 
-#: The test PostgreSQL (DESIGN: trust auth, database test, user postgres).
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+#: The test PostgreSQL (trust auth, database test, user postgres; override for another server).
+POSTGRES = os.environ.get("RECONCILER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 #: Put in every URL the tests hand to the product: trust auth ignores it; no output may show it.
 POSTGRES_PASSWORD = "pg-pw-6f3a91"
 
@@ -118,3 +120,27 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
     for task in leaked:
         task.cancel()
     assert not leaked, f"tasks leaked: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A store URL on the test PostgreSQL, in a schema unique to this test session (parallel
+    engineers share the server); that schema and every one named after it are dropped at the
+    end."""
+    prefix = f"reconciler_test_{os.getpid()}_{secrets.token_hex(4)}"
+    yield f"{POSTGRES}?schema={prefix}"
+    with psycopg.connect(POSTGRES, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,)
+        ).fetchall()
+        for (schema,) in rows:
+            db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+_schemas = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Callable[[], str]:
+    """Store URLs in fresh schemas of this session's (each call: a new, empty one)."""
+    return lambda: f"{postgres_url}_{next(_schemas)}"

@@ -17,7 +17,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from reconciler.daemon.status import PassOutcome, PassResult
+from reconciler.daemon.status import LeadershipView, PassOutcome, PassResult
 
 #: From a quick pass against an idle target to a first sync of thousands of persons with photos.
 DURATION_BUCKETS = (
@@ -66,6 +66,10 @@ class Metrics:
     - ``reconciler_last_success_timestamp_seconds`` gauge: when the last pass with result ok
       finished (epoch); alert on its age.
     - ``reconciler_desired_valid`` gauge: 1 while the desired state last read was valid, else 0.
+    - ``reconciler_targets_held`` gauge: targets this replica held (owned and wrote) in its
+      last pass; summed over replicas, every target once.
+    - ``reconciler_replicas`` gauge: live daemon replicas sharing the store, as this one sees
+      them (1 with the SQLite store).
 
     Per-target gauges of a target that left the desired state are removed, so stale series do
     not linger; its counters stay, as counters do.
@@ -165,6 +169,16 @@ class Metrics:
             "1 while the desired state last read was valid, else 0.",
             registry=r,
         )
+        self._held_targets = Gauge(
+            "reconciler_targets_held",
+            "Targets this replica held (owned and wrote) in its last pass.",
+            registry=r,
+        )
+        self._replicas = Gauge(
+            "reconciler_replicas",
+            "Live daemon replicas sharing the store, as this replica sees them.",
+            registry=r,
+        )
         # Series at zero from the start, so rate() and absent() work before the first failure.
         for result in _PASS_RESULTS:
             self._passes.labels(result=result)
@@ -215,6 +229,11 @@ class Metrics:
             self._targets = present
         else:
             self._targets |= present
+
+    def set_leadership(self, view: LeadershipView) -> None:
+        """Which targets this replica holds, among how many replicas (after each pass)."""
+        self._held_targets.set(len(view.held))
+        self._replicas.set(len(view.replicas))
 
     def set_desired(self, valid: bool) -> None:
         """Whether the desired state last read was valid (a refused edit sets 0)."""

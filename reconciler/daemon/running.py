@@ -28,6 +28,7 @@ from reconciler.app import App, Validated
 from reconciler.core.changes import Plan, Reason, TargetPlan
 from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.daemon import server, watching
+from reconciler.daemon.leadership import Leadership
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.scheduling import Schedule
@@ -94,6 +95,7 @@ class Daemon:
         self._file_problems: tuple[str, ...] = ()
         self._source_problems: tuple[str, ...] = ()
         self._reader = sql.Reader()
+        self.leadership: Leadership | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class Daemon:
     async def _serve(self, app: App) -> int:
         assert self._stopping is not None
         self._files = app.desired
+        leadership = self.leadership = Leadership(app.store, active=not self.dry_run)
         self._signature = await asyncio.to_thread(self._current_signature)
         self._show_desired(app)
         self._show_problems()
@@ -137,6 +140,18 @@ class Daemon:
             watching.watch(self.desired_path, self.trigger, watch_stop), name="watcher"
         )
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        # Replicas sharing a store take over targets nobody owns between passes, too.
+        leader = None
+        if app.store.shared and not self.dry_run:
+            leader = asyncio.create_task(
+                leadership.watch(
+                    lambda: list(app.targets),
+                    lambda: self.trigger.request("takeover"),
+                    watch_stop,
+                    self.settings.leadership_check,
+                ),
+                name="leadership",
+            )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -148,6 +163,7 @@ class Daemon:
             interval=self.interval,
             dry_run=self.dry_run,
             targets=sorted(app.targets),
+            replica=app.store.replica,
         )
         schedule.start()
         self.trigger.request("startup")
@@ -163,6 +179,8 @@ class Daemon:
                 await asyncio.wait_for(watcher, WATCH_STOP_TIMEOUT)
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if leader is not None:
+                await leader
             await listening.close()
         log.info("daemon.stopped", passes=self.status.passes)
         return 0
@@ -202,6 +220,7 @@ class Daemon:
     # -- one pass ----------------------------------------------------------------------------
 
     async def _pass(self, app: App, reasons: tuple[str, ...]) -> None:
+        assert self.leadership is not None
         number = self.status.passes + 1
         started_wall, started = time.time(), time.monotonic()
         self.status.in_pass = True
@@ -212,7 +231,8 @@ class Daemon:
         result: PassResult
         try:
             await self._refresh_desired(app)
-            plan = await cycle.plan(app, only=self.only, backoff=True)
+            held = await self.leadership.hold(app.targets)
+            plan = await cycle.plan(app, only=self.only, backoff=True, targets=held)
             health = {name: tp.health for name, tp in plan.targets.items()}
             if self.dry_run:
                 cycle.log_plan(plan, mode="dry-run")
@@ -243,6 +263,7 @@ class Daemon:
             log.exception("pass.crashed", number=number)
         finally:
             self.status.in_pass = False
+            await self.leadership.let_go(app.targets)
         finished = time.monotonic()
         outcome = PassOutcome(
             number=number,
@@ -258,7 +279,9 @@ class Daemon:
         )
         self.status.passes = number
         self.status.last_pass = outcome
+        self.status.leadership = self.leadership.view
         self.metrics.record_pass(outcome)
+        self.metrics.set_leadership(self.leadership.view)
         log.info(
             "pass.finished",
             number=number,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from reconciler.core.changes import health_document
 from reconciler.core.quarantine import HEALTHY, Health
+from reconciler.store.base import Holding
 
 #: A target's result in one pass.
 TargetResult = Literal[
@@ -95,6 +96,17 @@ class DesiredView:
     problems: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeadershipView:
+    """This replica, the live ones, and who holds each target (as of the last pass)."""
+
+    replica: str = ""
+    replicas: tuple[str, ...] = ()
+    holders: Mapping[str, Holding] = field(default_factory=dict)
+    #: Targets this replica held in its last pass (owned, and not written by anyone else).
+    held: frozenset[str] = frozenset()
+
+
 @dataclass(kw_only=True)
 class Status:
     """The daemon's state, as the endpoints report it."""
@@ -106,6 +118,7 @@ class Status:
     last_pass: PassOutcome | None = None
     in_pass: bool = False
     passes: int = 0
+    leadership: LeadershipView = field(default_factory=LeadershipView)
 
     def readiness(self, now: float | None = None) -> tuple[bool, str]:
         """Ready: the last pass finished, is younger than 3 intervals, and the desired state is
@@ -126,9 +139,17 @@ class Status:
         return True, f"last pass {self.last_pass.result}, {age:.0f}s ago"
 
     def document(self) -> dict[str, Any]:
-        """The /status JSON: the process, the desired state, the last pass, each target."""
+        """The /status JSON: the process, the desired state, the last pass, each target, and
+        which replica holds which target."""
         last = self.last_pass
+        lead = self.leadership
         return {
+            "replica": lead.replica,
+            "replicas": list(lead.replicas),
+            "holders": {
+                target: {"owner": holding.owner, "writer": holding.writer}
+                for target, holding in sorted(lead.holders.items())
+            },
             "started_at": _iso(self.started_at),
             "dry_run": self.dry_run,
             "interval": self.interval,

@@ -14,10 +14,16 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,50 +34,36 @@ from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
 from reconciler.errors import StoreError
+from reconciler.store import base
+from reconciler.store.base import KEY_BYTES, Holding, PassRecord, Role, default_replica_id
 
 _T = TypeVar("_T")
 
-#: Bytes of the key that makes fingerprints unguessable (a plain hash of a pin is the pin).
-KEY_BYTES = 32
-#: Pass records kept: about a week of passes at the default interval, bounded for years of
-#: unattended running.
-PASSES_KEPT = 10_000
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PassRecord:
-    id: int
-    started_at: float
-    finished_at: float | None
-    mode: str
-    result: str | None
-    plan_fingerprint: str | None
-    summary: Mapping[str, Any] | None
-    error: str | None
+#: How often a writer waiting for the file lock tries again.
+_LOCK_POLL = 0.2
 
 
 def migrations() -> list[tuple[int, str]]:
-    """The schema migrations shipped in the package, in order."""
-    folder = resources.files("reconciler.store") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
+    """The SQLite schema migrations shipped in the package, in order."""
+    return base.migrations("sqlite")
 
 
 class SqliteStore:
     """The ledger and passes in `<state_dir>/reconciler.sqlite3` (or any sqlite:/// path)."""
 
-    def __init__(self, path: Path) -> None:
+    shared = False
+
+    def __init__(self, path: Path, *, replica: str | None = None) -> None:
         self.path = path
+        self.replica = replica or default_replica_id()
+        self._owned: set[str] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
         self._lock_file: int | None = None
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
-        store = cls(path)
+    async def open(cls, path: Path, *, replica: str | None = None) -> SqliteStore:
+        store = cls(path, replica=replica)
         try:
             await store._run(store._connect)
         except BaseException:
@@ -329,7 +321,7 @@ class SqliteStore:
                 "INSERT INTO passes (started_at, mode) VALUES (?, ?)", (time.time(), mode)
             )
             assert cursor.lastrowid is not None
-            db.execute("DELETE FROM passes WHERE id <= ?", (cursor.lastrowid - PASSES_KEPT,))
+            db.execute("DELETE FROM passes WHERE id <= ?", (cursor.lastrowid - base.PASSES_KEPT,))
             return cursor.lastrowid
 
         return await self._transaction(write)
@@ -403,26 +395,67 @@ class SqliteStore:
         return await self._transaction(read_or_make)
 
     @contextlib.asynccontextmanager
-    async def writer(self) -> AsyncIterator[None]:
-        """Exclusive right to apply: two applies on one store never interleave."""
+    async def writer(
+        self, targets: Collection[str], *, wait: float = 0.0, partial: bool = False
+    ) -> AsyncIterator[frozenset[str]]:
+        """Exclusive right to apply: two applies on one store file never interleave.
+
+        One lock for the whole file, whatever the targets: a busy store is an error even with
+        `partial` (there is nothing to share out).
+        """
+        if self._lock_file is not None:
+            yield frozenset(targets)
+            return
         lock_path = self.path.with_suffix(".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            holder = lock_path.read_text(encoding="utf-8").strip() or "another process"
-            raise StoreError(
-                f"another reconciler ({holder}) is applying with this store ({self.path}); "
-                "wait for it to finish"
-            ) from exc
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() < deadline:
+                    await asyncio.sleep(_LOCK_POLL)
+                    continue
+                os.close(fd)
+                holder = lock_path.read_text(encoding="utf-8").strip() or "another process"
+                waited = f" (waited {wait:g} s)" if wait else ""
+                raise StoreError(
+                    f"another reconciler ({holder}) is applying with this store ({self.path}); "
+                    f"wait for it to finish{waited}"
+                ) from exc
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
         self._lock_file = fd
         try:
-            yield
+            yield frozenset(targets)
         finally:
             self._release_lock()
+
+    # One process writes a SQLite store at a time, so a replica owns whatever it is given.
+
+    async def join(self, role: Role) -> None:
+        return None
+
+    async def replicas(self) -> list[str]:
+        return [self.replica]
+
+    async def claim(self, target: str) -> bool:
+        self._owned.add(target)
+        return True
+
+    async def release(self, target: str) -> None:
+        self._owned.discard(target)
+
+    def owned(self) -> frozenset[str]:
+        return frozenset(self._owned)
+
+    async def holders(self, targets: Collection[str]) -> dict[str, Holding]:
+        writer = self.replica if self._lock_file is not None else None
+        return {
+            t: Holding(owner=self.replica if t in self._owned else None, writer=writer)
+            for t in targets
+        }
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
@@ -461,7 +494,7 @@ class SqliteStore:
             if version > current:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _statements(script):
+                    for statement in base.statements(script):
                         db.execute(statement)
                     db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                     db.execute("COMMIT")
@@ -503,9 +536,3 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements (our migrations never put ';' inside literals)."""
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.core.quarantine import Health
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.status import PassOutcome, TargetPass
+from reconciler.daemon.status import LeadershipView, PassOutcome, TargetPass
 
 NOW = 1_700_000_000.0
 
@@ -127,6 +127,8 @@ def test_the_exposition_parses_and_names_are_the_contract() -> None:
         "reconciler_last_pass_timestamp_seconds",
         "reconciler_last_success_timestamp_seconds",
         "reconciler_desired_valid",
+        "reconciler_targets_held",
+        "reconciler_replicas",
     }
 
 
@@ -214,6 +216,18 @@ def test_desired_validity_flips() -> None:
     assert value(metrics, "reconciler_desired_valid") == 1
     metrics.set_desired(False)
     assert value(metrics, "reconciler_desired_valid") == 0
+
+
+def test_targets_held_and_replicas_follow_the_last_pass() -> None:
+    metrics = Metrics()
+    metrics.set_leadership(
+        LeadershipView(replica="a", replicas=("a", "b", "c"), held=frozenset({"lobby", "gate"}))
+    )
+    assert value(metrics, "reconciler_targets_held") == 2
+    assert value(metrics, "reconciler_replicas") == 3
+    metrics.set_leadership(LeadershipView(replica="a", replicas=("a",), held=frozenset()))
+    assert value(metrics, "reconciler_targets_held") == 0
+    assert value(metrics, "reconciler_replicas") == 1
 
 
 def test_each_instance_has_its_own_registry() -> None:

@@ -23,12 +23,14 @@ from reconciler.daemon.status import (
     FOREIGN_SHOWN,
     DesiredView,
     FailureView,
+    LeadershipView,
     PassOutcome,
     Status,
     TargetPass,
 )
 from reconciler.daemon.trigger import Trigger
 from reconciler.errors import ConfigError
+from reconciler.store.base import Holding
 
 SECRET = "whk-7f3a9c1e-never-logged"
 INTERVAL = 60.0
@@ -197,6 +199,27 @@ async def test_status_is_the_document_with_each_target(daemon: Daemon) -> None:
     assert lobby["failed"] == {"update": 1}
     assert lobby["held"] == {"deletes": 3, "reason": "more than 10% of the target's persons"}
     assert lobby["failures"] == [{"person": "1001", "action": "update", "error": "HTTP 500"}]
+
+
+async def test_status_shows_which_replica_holds_which_target(daemon: Daemon) -> None:
+    daemon.status.leadership = LeadershipView(
+        replica="pod-a",
+        replicas=("pod-a", "pod-b"),
+        holders={
+            "lobby": Holding(owner="pod-a"),
+            "gate": Holding(owner="pod-b", writer="ops-host-77 (a command)"),
+            "fog": Holding(),
+        },
+        held=frozenset({"lobby"}),
+    )
+    code, document = await get_json(daemon, "/status")
+    assert code == 200
+    assert (document["replica"], document["replicas"]) == ("pod-a", ["pod-a", "pod-b"])
+    assert document["holders"] == {
+        "fog": {"owner": None, "writer": None},
+        "gate": {"owner": "pod-b", "writer": "ops-host-77 (a command)"},
+        "lobby": {"owner": "pod-a", "writer": None},
+    }
 
 
 async def test_status_before_any_pass_has_no_targets(daemon: Daemon) -> None:

@@ -31,14 +31,18 @@ OVERLAY = KUBERNETES / "postgres"
 INSTALLED = "/opt/reconciler/bin/reconciler"
 
 
-def systemd_analyze() -> str:
+def installed(name: str, how: str) -> str:
     """The tool's path; CI must never skip, elsewhere a missing tool is a skip saying how to fix."""
-    tool = shutil.which("systemd-analyze")
+    tool = shutil.which(name)
     if tool is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("systemd-analyze is missing; CI must install it (.ci/run does)")
-        pytest.skip("systemd-analyze is not installed: apt-get install systemd")
+            pytest.fail(f"{name} is missing; CI must have it: {how}")
+        pytest.skip(f"{name} is not installed: {how}")
     return tool
+
+
+def systemd_analyze() -> str:
+    return installed("systemd-analyze", "apt-get install systemd (.ci/run does)")
 
 
 def verify(unit_text: str, tmp_path: Path) -> tuple[int, str]:
@@ -229,9 +233,7 @@ def test_the_postgresql_overlay_runs_two_replicas_on_the_shared_store() -> None:
 
 def test_kustomize_builds_both_variants() -> None:
     """With kubectl at hand, the overlay renders to what the patch says: two replicas, no claim."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: the overlay is checked as YAML only")
+    kubectl = installed("kubectl", "install it as https://kubernetes.io/docs/tasks/tools/ says")
     built = {}
     for name, folder in (("sqlite", KUBERNETES), ("postgres", OVERLAY)):
         done = subprocess.run(  # noqa: S603 (a fixed argument list, no shell)

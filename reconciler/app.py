@@ -7,6 +7,7 @@ desired state) and builds the adapters. I/O only through the pieces it opens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
@@ -15,18 +16,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from reconciler import logs
 from reconciler.core.records import Hasher
 from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
-from reconciler.sources import yamlfile
+from reconciler.sources import sql, yamlfile
 from reconciler.sources.parsed import ParsedCache
 from reconciler.sources.yamlfile import Loaded, RawTarget
+from reconciler.store.base import Store
+from reconciler.store.postgres import PostgresStore, parse_url
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
 from reconciler.targets.base import Target, TargetSettings
-from reconciler.targets.http import Backoff
+from reconciler.targets.http import Backoff, identify
 
 
 class Environment(Mapping[str, str]):
@@ -72,7 +76,7 @@ class App:
     settings: Settings
     desired: Validated
     targets: dict[str, Target]
-    store: SqliteStore
+    store: Store
     hasher: Hasher
     backoff: Backoff | None = None
     #: The targets selected with --target; None: every target of the desired state.
@@ -80,9 +84,13 @@ class App:
     #: Where reloads of the desired state find the files parsed before.
     parsed: ParsedCache | None = None
 
+    def __post_init__(self) -> None:
+        _check_complete(self.desired)
+
     async def replace_desired(self, desired: Validated) -> None:
         """Switch to a new (valid) desired state; rebuild only targets whose settings changed,
         so an edit to persons never costs the terminals a new login."""
+        _check_complete(desired)
         old = self.desired
         for name in list(self.targets):
             same_kind = (
@@ -102,6 +110,12 @@ class App:
         self.targets.clear()
 
 
+def _check_complete(desired: Validated) -> None:
+    if not desired.loaded.complete:
+        # A bug, not bad input: planning from it would delete every person of the sources.
+        raise RuntimeError("the persons_from sources of this desired state have not been read")
+
+
 def build_target(desired: Validated, name: str, backoff: Backoff | None) -> Target:
     return KINDS[desired.loaded.targets[name].kind].build(name, desired.targets[name], backoff)
 
@@ -114,7 +128,8 @@ def validate(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     cache: ParsedCache | None = None,
 ) -> Validated:
-    """Load the desired state and validate every target's settings. No network, no store."""
+    """Load the desired state and validate every target's settings. No network, no store: the
+    persons_from sources are not read yet (read_sources does that)."""
     # validate needs no stable key: a digest it computes is never compared with anything.
     hasher = hasher or Hasher(os.urandom(32))
     loaded = yamlfile.load(
@@ -129,7 +144,32 @@ def validate(
             problems.extend(exc.problems)
     if problems:
         raise DesiredError(problems)
+    logs.protect(secret for target in settings.values() for secret in secrets_of(target))
+    logs.protect(secret for source in loaded.persons_from for secret in sql.secrets_of(source))
     return Validated(loaded=loaded, targets=settings)
+
+
+async def read_sources(
+    validated: Validated, *, hasher: Hasher | None = None, reader: sql.Reader | None = None
+) -> Validated:
+    """The desired state with the persons of its persons_from sources, read now (again, if
+    they were before): queries the databases.
+
+    Raises DesiredError naming each source that could not be read and each bad row.
+    """
+    if not validated.loaded.persons_from:
+        return validated
+    loaded = await (reader or sql.Reader()).read(validated.loaded, hasher or Hasher(os.urandom(32)))
+    return dataclasses.replace(validated, loaded=loaded)
+
+
+def secrets_of(settings: BaseModel) -> Iterator[str]:
+    """The secret values a target's settings hold (every SecretStr field): they are kept out
+    of every output from here on."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            yield value.get_secret_value()
 
 
 def target_settings(raw: RawTarget, override: Mapping[str, Any] | None = None) -> TargetSettings:
@@ -184,18 +224,49 @@ def parsed_cache(
 
 
 def store_path(settings: Settings) -> Path:
+    """The SQLite store's file (a sqlite:/// store URL)."""
     url = settings.resolved_store_url
     parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        return (
-            Path(url.removeprefix("sqlite:///"))
-            if url.startswith("sqlite:///")
-            else Path(parsed.path)
-        )
-    raise ConfigError(
-        f"RECONCILER_STORE_URL: only sqlite:///PATH stores are available in this version, "
-        f"not {parsed.scheme}://"
+    if parsed.scheme != "sqlite":
+        raise ConfigError(f"RECONCILER_STORE_URL: not a sqlite:/// store: {parsed.scheme}://")
+    return (
+        Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else Path(parsed.path)
     )
+
+
+async def connect_store(settings: Settings) -> Store:
+    """The store the settings name: sqlite:///PATH (one process) or postgresql://… (replicas)."""
+    scheme = urlparse(settings.resolved_store_url).scheme
+    if scheme == "sqlite":
+        return await SqliteStore.open(store_path(settings), replica=settings.replica_id)
+    if scheme in ("postgresql", "postgres"):
+        return await PostgresStore.open(settings.resolved_store_url, replica=settings.replica_id)
+    raise ConfigError(
+        f"RECONCILER_STORE_URL: use sqlite:///PATH or postgresql://…, not {scheme}://"
+    )
+
+
+def store_location(settings: Settings) -> str:
+    """Where the store is, for messages: the SQLite file, or the URL without its password."""
+    if urlparse(settings.resolved_store_url).scheme == "sqlite":
+        return str(store_path(settings))
+    return parse_url(settings.resolved_store_url).shown
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings, *, create: bool = True) -> AsyncIterator[Store | None]:
+    """The store alone (for `reconciler status`); None when `create` is false and there is no
+    SQLite store yet (nothing has run). A PostgreSQL store is always opened (and migrated)."""
+    if urlparse(settings.resolved_store_url).scheme == "sqlite":
+        path = store_path(settings)
+        if not create and not path.exists():
+            yield None
+            return
+    store = await connect_store(settings)
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -208,14 +279,17 @@ async def open_app(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     backoff: Backoff | None = None,
 ) -> AsyncIterator[App]:
-    """Open the store, load and validate the desired state, build the selected targets."""
-    store = await SqliteStore.open(store_path(settings))
+    """Open the store, load and validate the desired state (its persons_from sources read),
+    build the selected targets."""
+    store = await connect_store(settings)
+    identify(store.replica)
     built: dict[str, Target] = {}
     path = desired_path or settings.desired
     cache = parsed_cache(settings, path)
     try:
         hasher = Hasher(await store.fingerprint_key())
         desired = validate(path, env=env, hasher=hasher, overrides=overrides, cache=cache)
+        desired = await read_sources(desired, hasher=hasher)
         names = sorted(desired.targets)
         if targets:
             unknown = sorted(set(targets) - set(names))

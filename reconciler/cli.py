@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +27,7 @@ from reconciler import cycle, logs
 from reconciler import demo as demo_run
 from reconciler.core import changes
 from reconciler.core.changes import Action, FieldChange, Plan, TargetPlan
+from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.daemon.running import Daemon
 from reconciler.errors import ConfigError, ReconcilerError, StalePlanError, UsageError
 from reconciler.settings import Settings
@@ -68,12 +70,19 @@ class Options:
                 for e in exc.errors(include_input=False, include_url=False)
             )
             raise ConfigError(f"invalid settings: {problems}") from None
+        if self.settings.webhook_secret is not None:
+            logs.protect([self.settings.webhook_secret.get_secret_value()])
         self.file = file or self.settings.desired
         self.targets = targets
         self.only = frozenset(only) or None
 
 
 common = click.make_pass_decorator(Options)
+
+
+def echo(message: str = "", *, err: bool = False) -> None:
+    """Every line the CLI prints goes through the one redaction path (core.redaction)."""
+    click.echo(logs.redact(message), err=err)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -108,25 +117,41 @@ def cli(
 
 
 @cli.command()
+@click.option(
+    "--query",
+    is_flag=True,
+    help="Also run the persons_from queries (read-only) and validate their rows.",
+)
 @common
-def validate(options: Options) -> int:
-    """Load and validate the desired state; no network."""
+def validate(options: Options, query: bool) -> int:
+    """Load and validate the desired state; no network (unless --query)."""
     cache = composition.parsed_cache(options.settings, options.file, existing=True)
     validated = composition.validate(options.file, cache=cache)
+    sources = len(validated.loaded.persons_from)
+    if query:
+        validated = asyncio.run(composition.read_sources(validated))
     loaded = validated.loaded
     persons = len(loaded.desired.persons)
-    click.echo(
+    line = (
         f"{options.file}: valid: {persons} person{'s' if persons != 1 else ''}, "
         f"{len(loaded.desired.departments)} departments, {len(validated.targets)} targets "
         f"({', '.join(sorted(validated.targets)) or 'none'})"
     )
+    if sources:
+        plural = "s" if sources != 1 else ""
+        line += (
+            f"; {sources} persons_from source{plural} read"
+            if query
+            else f"; {sources} persons_from source{plural} not read (--query reads them)"
+        )
+    echo(line)
     return ExitCode.OK
 
 
 @cli.command()
 def schema() -> int:
     """Print the JSON Schema of the desired-state file (for editors and CI)."""
-    click.echo(orjson.dumps(full_schema(), option=orjson.OPT_INDENT_2).decode())
+    echo(orjson.dumps(full_schema(), option=orjson.OPT_INDENT_2).decode())
     return ExitCode.OK
 
 
@@ -145,11 +170,12 @@ def plan(options: Options, as_json: bool, out: Path | None, detailed_exitcode: b
     if out is not None:
         save_plan(computed, out)
     if as_json:
-        click.echo(orjson.dumps(changes.document(computed), option=orjson.OPT_INDENT_2).decode())
+        document = logs.redact(changes.document(computed))
+        echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
     else:
         render(computed)
         if out is not None:
-            click.echo(f"Saved the plan to {out}; apply exactly it with: reconciler apply {out}")
+            echo(f"Saved the plan to {out}; apply exactly it with: reconciler apply {out}")
     return plan_exit(computed, detailed=detailed_exitcode)
 
 
@@ -218,6 +244,28 @@ def run(options: Options, dry_run: bool, interval: float | None) -> int:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@common
+def status(options: Options, as_json: bool) -> int:
+    """Per target: the last pass, counts, drift, held deletes, failures, quarantine.
+
+    Read from the store alone (no target is contacted), so it shows what the daemon and the
+    CLI last did, even while the daemon runs.
+    """
+    found = asyncio.run(_status(options))
+    if as_json:
+        echo(orjson.dumps(logs.redact(found), option=orjson.OPT_INDENT_2).decode())
+        return ExitCode.OK
+    if not found["targets"]:
+        echo(f"nothing has been applied yet ({found['store']})")
+        return ExitCode.OK
+    for name, entry in found["targets"].items():
+        for line in status_lines(name, entry):
+            echo(line)
+    return ExitCode.OK
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep the simulators running afterwards (Ctrl-C stops).")
 def demo(keep: bool) -> int:
     """Plan and apply desired.example.yaml against bundled simulators on loopback."""
@@ -252,6 +300,94 @@ async def _plan(options: Options) -> Plan:
         return await cycle.plan(app, only=options.only)
 
 
+#: Recent passes read for `status`: enough to find every target's last one in a busy store.
+STATUS_PASSES = 500
+
+
+async def _status(options: Options) -> dict[str, Any]:
+    """Per target, from the store: its last applied pass, ledger size, failures, health."""
+    wanted = set(options.targets)
+    async with composition.open_store(options.settings, create=False) as store:
+        where = composition.store_location(options.settings)
+        if store is None:
+            return {"store": where, "targets": {}}
+        managed = await store.managed()
+        health = await store.health()
+        last: dict[str, dict[str, Any]] = {}
+        for passed in await store.passes(STATUS_PASSES):
+            for name, summary in ((passed.summary or {}).get("targets") or {}).items():
+                if name not in last:
+                    last[name] = {
+                        "pass": passed.id,
+                        "finished_at": passed.finished_at,
+                        "result": passed.result,
+                        **summary,
+                    }
+        names = sorted(set(managed) | set(health) | set(last))
+        targets: dict[str, Any] = {}
+        for name in names:
+            if wanted and name not in wanted:
+                continue
+            waiting = sorted((await store.attempts(name)).values(), key=lambda a: a.person_id)
+            record = health.get(name, HEALTHY)
+            targets[name] = {
+                "last_pass": last.get(name),
+                "managed": managed.get(name, 0),
+                "failures": [
+                    {
+                        "person": a.person_id,
+                        "failures": a.failures,
+                        "next_try": a.next_try,
+                        "error": a.error,
+                    }
+                    for a in waiting
+                ],
+                "health": None
+                if record.healthy
+                else changes.health_document(record, quarantined=record.quarantined(time.time())),
+            }
+        return {"store": where, "targets": targets}
+
+
+def status_lines(name: str, entry: Mapping[str, Any]) -> Iterator[str]:
+    last = entry["last_pass"]
+    header = click.style(name, bold=True)
+    if last is None:
+        yield header + f"  never applied; {entry['managed']} managed"
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished_at"] or 0))
+        yield header + f" ({last['kind']})  last pass {last['pass']} at {when}: {last['result']}"
+        planned = ", ".join(f"{n} {a}" for a, n in last["planned"].items()) or "nothing"
+        applied = sum(last["applied"].values())
+        yield (
+            f"  managed {entry['managed']} · planned {planned} · applied {applied} · "
+            f"failed {last['failed']} · drift {last['drift']} · deferred {last['deferred']} · "
+            f"foreign {last['foreign']} · invalid {last['invalid']}"
+        )
+        if last["held"]:
+            yield click.style(f"  held: {last['held']} deletes: {last['held_reason']}", fg="red")
+        if last["error"]:
+            yield click.style(f"  ! could not be observed: {last['error']}", fg="red")
+    record = entry["health"]
+    if record is not None:
+        health = Health(
+            failing_passes=record["failing_passes"],
+            since=record["failing_since"],
+            until=record["quarantined_until"],
+            quarantines=record["quarantines"],
+            error=record["error"],
+        )
+        yield click.style(f"  ! {health_line(health)}", fg="yellow")
+    for failure in entry["failures"][:20]:
+        retry = time.strftime("%H:%M:%S", time.localtime(failure["next_try"]))
+        yield (
+            f"  waiting: {failure['person']} failed {failure['failures']}x, next try {retry}: "
+            f"{failure['error']}"
+        )
+    if len(entry["failures"]) > 20:
+        yield f"  … and {len(entry['failures']) - 20} more waiting"
+
+
 async def _adopt(
     options: Options, targets: tuple[str, ...], only: frozenset[str] | None, *, yes: bool
 ) -> int:
@@ -260,30 +396,30 @@ async def _adopt(
     ) as app:
         found = await cycle.adopt(app, only=only, commit=False)
         for adoption in found:
-            click.echo(click.style(adoption.target, bold=True))
+            echo(click.style(adoption.target, bold=True))
             if adoption.error is not None:
-                click.echo(click.style(f"  ! {adoption.error}", fg="red"))
+                echo(click.style(f"  ! {adoption.error}", fg="red"))
                 continue
             for pid in adoption.adopted:
-                click.echo(click.style(f"  + {pid}  adopt", fg="green"))
+                echo(click.style(f"  + {pid}  adopt", fg="green"))
             if adoption.left:
-                click.echo(
+                echo(
                     f"  {len(adoption.left)} foreign person(s) no desired person declares in "
                     f"this target's scope, left alone: {', '.join(adoption.left[:10])}"
                     + (" …" if len(adoption.left) > 10 else "")
                 )
             if not adoption.adopted and not adoption.left:
-                click.echo("  nothing foreign")
+                echo("  nothing foreign")
         count = sum(len(a.adopted) for a in found)
         if not count:
-            click.echo("\nNothing to adopt.")
+            echo("\nNothing to adopt.")
             return ExitCode.ERROR if any(a.error for a in found) else ExitCode.OK
         if not yes and not click.confirm(f"\nAdopt {count} person(s)?", default=False):
-            click.echo("Adoption cancelled; nothing was changed.", err=True)
+            echo("Adoption cancelled; nothing was changed.", err=True)
             return ExitCode.ERROR
         done = await cycle.adopt(app, only=only)
     adopted = sum(len(a.adopted) for a in done)
-    click.echo(
+    echo(
         f"\nAdopted {adopted} person(s). `reconciler plan` now shows the updates that bring "
         "them to their desired state."
     )
@@ -293,9 +429,16 @@ async def _adopt(
 async def _apply(
     options: Options, saved: Mapping[str, Any] | None, *, yes: bool, release: bool, dry_run: bool
 ) -> int:
-    async with composition.open_app(
-        options.settings, desired_path=options.file, targets=options.targets
-    ) as app:
+    async with (
+        composition.open_app(
+            options.settings, desired_path=options.file, targets=options.targets
+        ) as app,
+        # The targets' writer locks from planning to the end of the apply: no daemon replica
+        # writes them in between, so what was shown is what is applied.
+        nullcontext(frozenset[str]())
+        if dry_run
+        else app.store.writer(app.targets, wait=options.settings.lock_wait),
+    ):
         computed = await cycle.plan(app, only=options.only)
         if saved is not None:
             check_fresh(saved, computed)
@@ -303,15 +446,19 @@ async def _apply(
             computed = release_held(computed, app)
         render(computed)
         if dry_run or not computed.has_changes:
+            if not dry_run and computed.has_upkeep:
+                # Ledger upkeep only (records the targets already hold, persons gone from
+                # both sides): nothing is sent, so there is nothing to confirm.
+                await cycle.apply(app, computed)
             return plan_exit(computed, detailed=False)
         if not yes and not click.confirm("\nApply these changes?", default=False):
-            click.echo("Apply cancelled; nothing was changed.", err=True)
+            echo("Apply cancelled; nothing was changed.", err=True)
             return ExitCode.ERROR
         report = await cycle.apply(app, computed)
     structlog.get_logger("reconciler").info(
         "pass.finished", result=report.result, applied=report.applied, failed=report.failed
     )
-    click.echo("")
+    echo("")
     for target_report in report.targets:
         line = f"{target_report.target}: {target_report.applied} applied"
         if target_report.failures:
@@ -322,7 +469,7 @@ async def _apply(
                 line += f"\n    … and {len(target_report.failures) - 20} more (see the logs)"
         if target_report.skipped:
             line += f" (skipped: {target_report.skipped})"
-        click.echo(line)
+        echo(line)
     if report.failed or computed.has_errors:
         return ExitCode.ERROR
     return ExitCode.HELD if computed.has_held else ExitCode.OK
@@ -365,7 +512,8 @@ def save_plan(plan: Plan, path: Path) -> None:
     """The plan document, written atomically; it holds no secret and no sensitive value."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(orjson.dumps(changes.document(plan), option=orjson.OPT_INDENT_2))
+    document = logs.redact(changes.document(plan))
+    temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     temporary.replace(path)
 
 
@@ -416,9 +564,9 @@ def render(plan: Plan) -> None:
     """The plan as text, Terraform-like, on stdout."""
     for target_plan in plan.targets.values():
         for line in target_lines(target_plan):
-            click.echo(line)
-        click.echo("")
-    click.echo(summary_line(plan))
+            echo(line)
+        echo("")
+    echo(summary_line(plan))
 
 
 def target_lines(t: TargetPlan) -> Iterator[str]:
@@ -426,6 +574,8 @@ def target_lines(t: TargetPlan) -> Iterator[str]:
     if t.suspended:
         header += click.style("  suspended: planned, never applied", fg="yellow")
     yield header
+    if not t.health.healthy:
+        yield click.style(f"  ! {health_line(t.health)}", fg="yellow")
     if t.error is not None:
         yield click.style(f"  ! could not be observed: {t.error}", fg="red")
         return
@@ -463,6 +613,17 @@ def target_lines(t: TargetPlan) -> Iterator[str]:
             f"  {len(t.foreign)} foreign person{'s' if len(t.foreign) != 1 else ''} on the "
             f"target (not in the ledger, never touched): {shown}"
         )
+
+
+def health_line(health: Health, now: float | None = None) -> str:
+    """A failing or quarantined target in one line (core.quarantine)."""
+    now = time.time() if now is None else now
+    line = f"failing for {health.failing_passes} passes in a row ({health.error})"
+    if health.quarantined(now):
+        assert health.until is not None
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(health.until))
+        line += f"; quarantined until {until}: the daemon leaves it alone until then"
+    return line
 
 
 def change_lines(change: changes.Change) -> Iterator[str]:
@@ -545,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.exceptions.Abort:
-        click.echo("Aborted; nothing was changed.", err=True)
+        echo("Aborted; nothing was changed.", err=True)
         code = ExitCode.ERROR
     except click.UsageError as exc:
         exc.show()
@@ -554,10 +715,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         exc.show()
         code = ExitCode.ERROR
     except UsageError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        echo(f"Error: {exc}", err=True)
         code = ExitCode.USAGE
     except ReconcilerError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        echo(f"Error: {exc}", err=True)
         code = ExitCode.ERROR
     with suppress(Exception):
         sys.stdout.flush()

@@ -7,9 +7,10 @@ the others. I/O through the app's targets and store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -17,8 +18,9 @@ import structlog
 
 from reconciler import executor
 from reconciler.app import App
-from reconciler.core import attempts, changes, planning, safety
+from reconciler.core import attempts, changes, planning, quarantine, safety
 from reconciler.core.changes import Plan, TargetPlan
+from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.errors import StoreError, TargetError
 from reconciler.executor import TargetReport
 from reconciler.targets.base import Target
@@ -32,6 +34,8 @@ class PassReport:
     targets: tuple[TargetReport, ...]
     #: ok: every planned change applied and every target observed; partial otherwise.
     result: Literal["ok", "partial"]
+    #: Each target's health after this pass (core.quarantine).
+    health: Mapping[str, Health] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -42,22 +46,35 @@ class PassReport:
         return sum(t.applied for t in self.targets)
 
 
-async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool = False) -> Plan:
-    """Observe every target and compute the plan, guards applied; changes nothing anywhere.
+async def plan(
+    app: App,
+    *,
+    only: Collection[str] | None = None,
+    backoff: bool = False,
+    targets: Collection[str] | None = None,
+) -> Plan:
+    """Observe every target (or only `targets`) and compute the plan, guards applied; changes
+    nothing anywhere.
 
     Held deletes are released afterwards, and only by an operator (apply --allow-mass-delete).
-    With `backoff` (the daemon), changes that failed before wait out their back-off; an
-    operator's own plan and apply try everything.
+    With `backoff` (the daemon), changes that failed before wait out their back-off and a
+    quarantined target is left alone until its quarantine ends; an operator's own plan and
+    apply try everything. A replica plans only the targets it holds.
     """
     desired = app.desired.loaded.desired
+    health = await app.store.health()
 
     async def one(name: str, target: Target) -> TargetPlan:
         spec = target.spec
+        record = health.get(name, HEALTHY)
+        if backoff and record.quarantined(time.time()):
+            log.info("target.quarantined", target=name, until=record.until, error=record.error)
+            return TargetPlan(target=name, kind=spec.kind.name, health=record, quarantined=True)
         try:
             observed = await target.observe() if spec.kind.can_list else None
         except TargetError as exc:
             log.error("target.unobservable", target=name, error=exc.message)
-            return TargetPlan(target=name, kind=spec.kind.name, error=exc.message)
+            return TargetPlan(target=name, kind=spec.kind.name, error=exc.message, health=record)
         ledger = await app.store.ledger(name)
         departments = await app.store.departments(name) if spec.kind.departments else None
         computed = planning.compute(
@@ -71,11 +88,12 @@ async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool =
             now=time.time(),
         )
         checked = safety.check(computed, target.settings.delete_limit, in_scope=computed.in_scope)
+        checked = dataclasses.replace(checked, health=record)
         if backoff and checked.changes:
             checked = attempts.defer(checked, await app.store.attempts(name), time.time())
         return checked
 
-    names = sorted(app.targets)
+    names = sorted(n for n in app.targets if targets is None or n in targets)
     planned = await asyncio.gather(*(one(name, app.targets[name]) for name in names))
     return Plan(
         desired_digest=desired.digest,
@@ -140,12 +158,64 @@ async def _apply_target(
         return executor.TargetReport(target=plan.target, skipped=f"store failed: {exc}")
 
 
+def target_summary(plan: TargetPlan, report: TargetReport) -> dict[str, object]:
+    """What one pass did to one target, as the store keeps it for `reconciler status`."""
+    return {
+        "kind": plan.kind,
+        "planned": {a.value: n for a in changes.Action if (n := plan.count(a))},
+        "applied": dict(report.applied_by_action),
+        "failed": len(report.failures),
+        "drift": sum(1 for c in plan.changes if c.reason is changes.Reason.DRIFT),
+        "held": len(plan.held),
+        "held_reason": plan.held_reason or None,
+        "deferred": len(plan.deferred),
+        "foreign": len(plan.foreign),
+        "invalid": len(plan.invalid),
+        "error": plan.error,
+        "skipped": report.skipped,
+    }
+
+
+async def _judge(app: App, plan: TargetPlan, report: TargetReport, now: float) -> Health:
+    """The target's health after this pass, recorded; quarantine entered or left is logged."""
+    before = plan.health
+    if plan.quarantined or plan.suspended or report.interrupted:
+        # Nothing was asked of the target, or the process is stopping: nothing learned.
+        return before
+    verdict, error = quarantine.judge(
+        unobservable=plan.error,
+        target_error=report.target_error,
+        attempted=report.attempted,
+        failed=report.retryable_failures,
+    )
+    after = quarantine.after_pass(before, verdict, error, now)
+    if after == before:
+        return after
+    try:
+        await app.store.record_health(plan.target, after)
+    except StoreError as exc:
+        log.error("target.store_failed", target=plan.target, error=str(exc))
+        return before
+    if after.until is not None and after.until != before.until:
+        log.warning(
+            "target.quarantined",
+            target=plan.target,
+            failing_passes=after.failing_passes,
+            until=after.until,
+            quarantines=after.quarantines,
+            error=after.error,
+        )
+    elif after.healthy and not before.healthy:
+        log.info("target.recovered", target=plan.target, failing_passes=before.failing_passes)
+    return after
+
+
 async def apply(app: App, plan: Plan, *, stop: asyncio.Event | None = None) -> PassReport:
     """Apply a computed plan to every target at once; record the pass.
 
     Once `stop` is set nothing new starts; what is in flight finishes and is recorded.
     """
-    async with app.store.writer():
+    async with app.store.writer(plan.targets, wait=app.settings.lock_wait):
         pass_id = await app.store.begin_pass("apply")
         log_plan(plan, mode="apply")
         reports = await asyncio.gather(
@@ -153,12 +223,20 @@ async def apply(app: App, plan: Plan, *, stop: asyncio.Event | None = None) -> P
         )
         complete = all(r.ok and not r.interrupted for r in reports)
         result: Literal["ok", "partial"] = "ok" if complete and not plan.has_errors else "partial"
-        report = PassReport(plan=plan, targets=tuple(reports), result=result)
+        health = {
+            r.target: await _judge(app, plan.targets[r.target], r, time.time()) for r in reports
+        }
+        report = PassReport(plan=plan, targets=tuple(reports), result=result, health=health)
         await app.store.finish_pass(
             pass_id,
             result=result,
             plan_fingerprint=plan.fingerprint,
-            summary={"planned": plan.summary(), "applied": report.applied, "failed": report.failed},
+            summary={
+                "planned": plan.summary(),
+                "applied": report.applied,
+                "failed": report.failed,
+                "targets": {r.target: target_summary(plan.targets[r.target], r) for r in reports},
+            },
         )
     return report
 
@@ -186,7 +264,7 @@ async def adopt(
     """
     desired = app.desired.loaded.desired
     found: list[Adoption] = []
-    async with app.store.writer():
+    async with app.store.writer(app.targets, wait=app.settings.lock_wait):
         for name in sorted(app.targets):
             target = app.targets[name]
             spec = target.spec

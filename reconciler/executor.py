@@ -28,7 +28,7 @@ from reconciler.core.changes import (
 )
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import TargetError
-from reconciler.store.sqlite import SqliteStore
+from reconciler.store.base import Store
 from reconciler.targets.base import DepartmentTarget, Outcome, Target
 
 log = structlog.get_logger("reconciler.executor")
@@ -59,6 +59,12 @@ class TargetReport:
     interrupted: int = 0
     #: Failed changes' back-off so far, by person (loaded once per apply, kept current).
     attempts: dict[str, Attempt] = field(default_factory=dict)
+    #: Person changes sent to the target, and those that failed in a way worth retrying: the
+    #: target's verdict for core.quarantine.
+    attempted: int = 0
+    retryable_failures: int = 0
+    #: The target failed as a whole part-way (it stopped answering), not one change.
+    target_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,7 +72,7 @@ class TargetReport:
 
 
 async def apply(
-    plan: TargetPlan, target: Target, store: SqliteStore, *, stop: asyncio.Event | None = None
+    plan: TargetPlan, target: Target, store: Store, *, stop: asyncio.Event | None = None
 ) -> TargetReport:
     """Apply one target's plan; a failing target returns failures, it never raises.
 
@@ -79,6 +85,9 @@ async def apply(
     if plan.suspended:
         report.skipped = "suspended"
         log.info("target.suspended", target=plan.target, changes=len(plan.changes))
+        return report
+    if plan.quarantined:
+        report.skipped = "quarantined"
         return report
     if plan.forget:
         await store.forget(plan.target, plan.forget)
@@ -125,7 +134,7 @@ async def apply(
 async def _apply_departments(
     changes: Sequence[DepartmentChange],
     target: Target,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     stop: asyncio.Event | None,
 ) -> None:
@@ -138,6 +147,7 @@ async def _apply_departments(
     try:
         outcomes = await cast(DepartmentTarget, target).apply_departments(changes)
     except TargetError as exc:
+        report.target_error = exc.message
         for change in changes:
             _department_failed(name, report, change, exc.message)
         return
@@ -186,7 +196,7 @@ def _department_failed(
 async def _apply_phase(
     changes: Sequence[Change],
     target: Target,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     stop: asyncio.Event | None,
 ) -> None:
@@ -195,6 +205,7 @@ async def _apply_phase(
         report.interrupted += len(changes)
         return
     answered: set[str] = set()
+    report.attempted += len(changes)
     try:
         async for outcomes in target.apply(changes, stop=stop):
             await _record(name, outcomes, store, report)
@@ -202,15 +213,18 @@ async def _apply_phase(
     except TargetError as exc:
         # A target that fails mid-way fails what it did not confirm; the rest stays recorded.
         unanswered = [c for c in changes if c.person_id not in answered]
+        report.target_error = exc.message
         for change in unanswered:
             _failed(name, report, change, exc.message)
         await _note_attempts(name, store, report, [(c, exc.message) for c in unanswered], [])
         return
-    report.interrupted += sum(1 for c in changes if c.person_id not in answered)
+    interrupted = sum(1 for c in changes if c.person_id not in answered)
+    report.interrupted += interrupted
+    report.attempted -= interrupted
 
 
 async def _record(
-    name: str, outcomes: Sequence[Outcome], store: SqliteStore, report: TargetReport
+    name: str, outcomes: Sequence[Outcome], store: Store, report: TargetReport
 ) -> None:
     now = time.time()
     applied = [
@@ -247,7 +261,7 @@ async def _record(
 
 async def _note_attempts(
     name: str,
-    store: SqliteStore,
+    store: Store,
     report: TargetReport,
     failed: Sequence[tuple[Change, str]],
     succeeded: Sequence[str],
@@ -270,6 +284,8 @@ def _failed(
     name: str, report: TargetReport, change: Change, error: str, *, retryable: bool = True
 ) -> None:
     report.failures.append(Failure(person_id=change.person_id, action=change.action, error=error))
+    if retryable:
+        report.retryable_failures += 1
     log.warning(
         "change.failed",
         target=name,

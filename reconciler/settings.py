@@ -27,7 +27,19 @@ class Settings(BaseSettings):
     desired: Path = Field(Path("desired.yaml"), description="Desired-state file or directory")
     state_dir: Path = Field(Path("state"), description="Runtime data: store, lock, saved plans")
     store_url: str | None = Field(
-        None, description="Default sqlite:///<state_dir>/reconciler.sqlite3"
+        None, description="Default sqlite:///<state_dir>/reconciler.sqlite3; postgresql://…"
+    )
+    replica_id: str | None = Field(
+        None,
+        description="This process in /status and lock holders; default hostname-pid",
+        min_length=1,
+        max_length=200,
+    )
+    lock_wait: float = Field(
+        60.0, ge=0, description="Seconds apply and adopt wait for a target another writes"
+    )
+    leadership_check: float = Field(
+        5.0, gt=0, description="Seconds between a replica's looks for targets nobody owns"
     )
     interval: float = Field(60.0, gt=0, description="Seconds between daemon passes")
     listen: str = Field("127.0.0.1:9180", description="host:port of the daemon's HTTP endpoints")

@@ -7,7 +7,7 @@ from typing import get_args
 
 import pytest
 
-from reconciler import app
+from reconciler import app, logs
 from reconciler.errors import DesiredError
 from reconciler.settings import Settings
 from reconciler.sources.document import Kind
@@ -109,6 +109,19 @@ def test_secrets_come_from_the_environment_then_systemd_credentials(tmp_path: Pa
     assert env.get("../etc/passwd") is None
     both = app.Environment({"CREDENTIALS_DIRECTORY": str(credentials), "LOBBY_PASSWORD": "env"})
     assert both.get("LOBBY_PASSWORD") == "env"
+
+
+def test_a_database_password_joins_the_one_redaction_path(tmp_path: Path) -> None:
+    path = tmp_path / "desired.yaml"
+    path.write_text(
+        "version: 1\npersons_from:\n  - {sql: '${HR}', query: SELECT 1}\n", encoding="utf-8"
+    )
+    password = "db-pw%2F7713"  # percent-encoded in the URL; libpq would echo it decoded
+    validated = app.validate(path, env={"HR": f"postgresql://hr:{password}@db/hr"})
+    assert not validated.loaded.complete  # validate alone never queries
+    shown = logs.redact(f"an error quoting db-pw%2F7713 and db-pw/7713 {path}")
+    assert "7713" not in shown
+    assert str(path) in shown
 
 
 async def test_the_state_dir_keeps_the_parsed_files_for_the_next_load(tmp_path: Path) -> None:

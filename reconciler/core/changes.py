@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.core.persons import Person
+from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.core.records import Hasher, Invalid, Record
 
 FORMAT_VERSION = 1
@@ -156,6 +157,10 @@ class TargetPlan:
     write_only: bool = False
     #: Changes that failed before and wait out their back-off (see core.attempts).
     deferred: tuple[Attempt, ...] = ()
+    #: The target's record of failing passes when it was planned (see core.quarantine).
+    health: Health = HEALTHY
+    #: Quarantined: this pass neither reads nor writes the target.
+    quarantined: bool = False
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)
@@ -176,6 +181,11 @@ class Plan:
             for change in target_plan.changes:
                 totals[change.action.value] += 1
         return totals
+
+    @property
+    def has_upkeep(self) -> bool:
+        """Ledger rows to refresh or forget: bookkeeping that sends nothing to a target."""
+        return any(t.refresh or t.forget for t in self.targets.values())
 
     @property
     def has_changes(self) -> bool:
@@ -259,6 +269,18 @@ def department_document(change: DepartmentChange) -> dict[str, Any]:
     return doc
 
 
+def health_document(health: Health, *, quarantined: bool) -> dict[str, Any]:
+    """A failing or quarantined target's record, as plans and /status show it."""
+    return {
+        "failing_passes": health.failing_passes,
+        "failing_since": health.since,
+        "quarantined": quarantined,
+        "quarantined_until": health.until,
+        "quarantines": health.quarantines,
+        "error": health.error,
+    }
+
+
 def document(plan: Plan) -> dict[str, Any]:
     """The plan document of DESIGN A5: JSON-compatible, free of secrets and sensitive values."""
     targets: dict[str, Any] = {}
@@ -287,6 +309,8 @@ def document(plan: Plan) -> dict[str, Any]:
                 }
                 for a in t.deferred
             ]
+        if not t.health.healthy:
+            entry["health"] = health_document(t.health, quarantined=t.quarantined)
         if t.write_only:
             # Nothing was read: every change below comes from the ledger alone.
             entry["write_only"] = True

@@ -17,7 +17,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from reconciler.daemon.status import PassOutcome, PassResult
+from reconciler.daemon.status import LeadershipView, PassOutcome, PassResult
 
 #: From a quick pass against an idle target to a first sync of thousands of persons with photos.
 DURATION_BUCKETS = (
@@ -55,12 +55,21 @@ class Metrics:
     - ``reconciler_held_deletes{target}`` gauge: deletes held back by the safety limits.
     - ``reconciler_deferred_changes{target}`` gauge: failed changes waiting out their back-off.
     - ``reconciler_target_errors_total{target}`` counter: passes in which the target had an error.
+    - ``reconciler_target_failing_passes{target}`` gauge: failing passes in a row (0: healthy).
+    - ``reconciler_target_quarantined{target}`` gauge: 1 while the target is quarantined (left
+      alone, backing off as a whole), else 0.
+    - ``reconciler_target_quarantined_until_seconds{target}`` gauge: when the current quarantine
+      ends (epoch), 0 when not quarantined.
     - ``reconciler_foreign_persons{target}`` gauge: persons on the target we do not own.
     - ``reconciler_invalid_persons{target}`` gauge: desired persons the target cannot take.
     - ``reconciler_last_pass_timestamp_seconds`` gauge: when the last pass finished (epoch).
     - ``reconciler_last_success_timestamp_seconds`` gauge: when the last pass with result ok
       finished (epoch); alert on its age.
     - ``reconciler_desired_valid`` gauge: 1 while the desired state last read was valid, else 0.
+    - ``reconciler_targets_held`` gauge: targets this replica held (owned and wrote) in its
+      last pass; summed over replicas, every target once.
+    - ``reconciler_replicas`` gauge: live daemon replicas sharing the store, as this one sees
+      them (1 with the SQLite store).
 
     Per-target gauges of a target that left the desired state are removed, so stale series do
     not linger; its counters stay, as counters do.
@@ -115,6 +124,24 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self._failing = Gauge(
+            "reconciler_target_failing_passes",
+            "Failing passes in a row per target; 0 when healthy.",
+            ["target"],
+            registry=r,
+        )
+        self._quarantined = Gauge(
+            "reconciler_target_quarantined",
+            "1 while the target is quarantined (backing off as a whole), else 0.",
+            ["target"],
+            registry=r,
+        )
+        self._quarantined_until = Gauge(
+            "reconciler_target_quarantined_until_seconds",
+            "When the target's quarantine ends, seconds since the epoch; 0 when not quarantined.",
+            ["target"],
+            registry=r,
+        )
         self._foreign = Gauge(
             "reconciler_foreign_persons",
             "Persons on the target that we do not own, in the last pass.",
@@ -140,6 +167,16 @@ class Metrics:
         self._desired_valid = Gauge(
             "reconciler_desired_valid",
             "1 while the desired state last read was valid, else 0.",
+            registry=r,
+        )
+        self._held_targets = Gauge(
+            "reconciler_targets_held",
+            "Targets this replica held (owned and wrote) in its last pass.",
+            registry=r,
+        )
+        self._replicas = Gauge(
+            "reconciler_replicas",
+            "Live daemon replicas sharing the store, as this replica sees them.",
             registry=r,
         )
         # Series at zero from the start, so rate() and absent() work before the first failure.
@@ -168,6 +205,11 @@ class Metrics:
             self._deferred.labels(target=name).set(target.deferred)
             self._foreign.labels(target=name).set(target.foreign)
             self._invalid.labels(target=name).set(target.invalid)
+            quarantined = target.health.quarantined(outcome.finished_at)
+            self._failing.labels(target=name).set(target.health.failing_passes)
+            self._quarantined.labels(target=name).set(1 if quarantined else 0)
+            until = target.health.until if quarantined and target.health.until else 0.0
+            self._quarantined_until.labels(target=name).set(until)
         present = set(outcome.targets)
         # A failed pass may not have reached the targets at all: an empty list then says nothing
         # about which targets exist, so only a pass that ran may retire a target's series.
@@ -179,11 +221,19 @@ class Metrics:
                     self._deferred,
                     self._foreign,
                     self._invalid,
+                    self._failing,
+                    self._quarantined,
+                    self._quarantined_until,
                 ):
                     gauge.remove(gone)
             self._targets = present
         else:
             self._targets |= present
+
+    def set_leadership(self, view: LeadershipView) -> None:
+        """Which targets this replica holds, among how many replicas (after each pass)."""
+        self._held_targets.set(len(view.held))
+        self._replicas.set(len(view.replicas))
 
     def set_desired(self, valid: bool) -> None:
         """Whether the desired state last read was valid (a refused edit sets 0)."""

@@ -3,7 +3,9 @@
 One worker runs passes one at a time (the same pass code as `apply`). Passes are requested by the
 interval schedule, by edits of the desired files, by SIGHUP and by POST /reconcile; requests
 during a pass collapse into one follow-up pass. An invalid edit is refused: the last good desired
-state stays in use, and the error is logged and shown on /readyz and /status. SIGTERM lets the
+state stays in use, and the error is logged and shown on /readyz and /status. persons_from
+sources are read on every pass (their data changes without any file changing); a source that
+fails or is slow is treated like an invalid edit, until a read succeeds again. SIGTERM lets the
 batches in flight finish and be recorded, then exits 0. I/O through everything it starts.
 """
 
@@ -22,14 +24,17 @@ import structlog
 
 from reconciler import app as composition
 from reconciler import cycle
-from reconciler.app import App
+from reconciler.app import App, Validated
 from reconciler.core.changes import Plan, Reason, TargetPlan
+from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.daemon import server, watching
+from reconciler.daemon.leadership import Leadership
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.scheduling import Schedule
 from reconciler.daemon.status import (
     FAILURES_SHOWN,
+    FOREIGN_SHOWN,
     DesiredView,
     FailureView,
     PassOutcome,
@@ -42,7 +47,7 @@ from reconciler.daemon.trigger import Trigger
 from reconciler.errors import DesiredError, ReconcilerError
 from reconciler.executor import TargetReport
 from reconciler.settings import Settings
-from reconciler.sources import yamlfile
+from reconciler.sources import sql, yamlfile
 from reconciler.targets.http import Backoff
 
 log = structlog.get_logger("reconciler.daemon")
@@ -81,6 +86,16 @@ class Daemon:
         self.trigger = Trigger()
         self._stopping: asyncio.Event | None = None
         self._signature: str | None = None
+        #: The newest valid state of the files (it may wait for its sources to be readable).
+        self._files: Validated | None = None
+        #: False while an edit of the files waits for its sources to be read.
+        self._files_in_use = True
+        #: A refused edit's problems, shown until the files change; a failed read's, until
+        #: the next read.
+        self._file_problems: tuple[str, ...] = ()
+        self._source_problems: tuple[str, ...] = ()
+        self._reader = sql.Reader()
+        self.leadership: Leadership | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -103,8 +118,11 @@ class Daemon:
 
     async def _serve(self, app: App) -> int:
         assert self._stopping is not None
-        self._signature = await asyncio.to_thread(self._current_signature, app)
+        self._files = app.desired
+        leadership = self.leadership = Leadership(app.store, active=not self.dry_run)
+        self._signature = await asyncio.to_thread(self._current_signature)
         self._show_desired(app)
+        self._show_problems()
         listening = await server.start(
             server.make_app(
                 self.status,
@@ -122,6 +140,18 @@ class Daemon:
             watching.watch(self.desired_path, self.trigger, watch_stop), name="watcher"
         )
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        # Replicas sharing a store take over targets nobody owns between passes, too.
+        leader = None
+        if app.store.shared and not self.dry_run:
+            leader = asyncio.create_task(
+                leadership.watch(
+                    lambda: list(app.targets),
+                    lambda: self.trigger.request("takeover"),
+                    watch_stop,
+                    self.settings.leadership_check,
+                ),
+                name="leadership",
+            )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -133,6 +163,7 @@ class Daemon:
             interval=self.interval,
             dry_run=self.dry_run,
             targets=sorted(app.targets),
+            replica=app.store.replica,
         )
         schedule.start()
         self.trigger.request("startup")
@@ -148,6 +179,8 @@ class Daemon:
                 await asyncio.wait_for(watcher, WATCH_STOP_TIMEOUT)
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if leader is not None:
+                await leader
             await listening.close()
         log.info("daemon.stopped", passes=self.status.passes)
         return 0
@@ -187,6 +220,7 @@ class Daemon:
     # -- one pass ----------------------------------------------------------------------------
 
     async def _pass(self, app: App, reasons: tuple[str, ...]) -> None:
+        assert self.leadership is not None
         number = self.status.passes + 1
         started_wall, started = time.time(), time.monotonic()
         self.status.in_pass = True
@@ -197,7 +231,9 @@ class Daemon:
         result: PassResult
         try:
             await self._refresh_desired(app)
-            plan = await cycle.plan(app, only=self.only, backoff=True)
+            held = await self.leadership.hold(app.targets)
+            plan = await cycle.plan(app, only=self.only, backoff=True, targets=held)
+            health = {name: tp.health for name, tp in plan.targets.items()}
             if self.dry_run:
                 cycle.log_plan(plan, mode="dry-run")
                 reports: dict[str, TargetReport] = {}
@@ -205,10 +241,17 @@ class Daemon:
             else:
                 report = await cycle.apply(app, plan, stop=self._stopping)
                 reports = {r.target: r for r in report.targets}
+                health.update(report.health)
                 result = report.result
             managed = await app.store.managed()
             targets = {
-                name: target_pass(tp, reports.get(name), managed.get(name, 0), dry_run=self.dry_run)
+                name: target_pass(
+                    tp,
+                    reports.get(name),
+                    managed.get(name, 0),
+                    dry_run=self.dry_run,
+                    health=health[name],
+                )
                 for name, tp in plan.targets.items()
             }
         except ReconcilerError as exc:
@@ -220,6 +263,7 @@ class Daemon:
             log.exception("pass.crashed", number=number)
         finally:
             self.status.in_pass = False
+            await self.leadership.let_go(app.targets)
         finished = time.monotonic()
         outcome = PassOutcome(
             number=number,
@@ -235,7 +279,9 @@ class Daemon:
         )
         self.status.passes = number
         self.status.last_pass = outcome
+        self.status.leadership = self.leadership.view
         self.metrics.record_pass(outcome)
+        self.metrics.set_leadership(self.leadership.view)
         log.info(
             "pass.finished",
             number=number,
@@ -247,36 +293,62 @@ class Daemon:
         )
 
     async def _refresh_desired(self, app: App) -> None:
-        """Re-read the desired state only when its files changed; refuse an invalid edit."""
+        """Re-read the files when they changed, refusing an invalid edit; read the persons_from
+        sources on every pass, keeping the last good state while they fail."""
+        assert self._files is not None
+        current: str | None
         try:
-            current = await asyncio.to_thread(self._current_signature, app)
+            current = await asyncio.to_thread(self._current_signature)
         except DesiredError as exc:
-            self._refuse(exc)
-            return
-        if current == self._signature:
-            return
-        try:
-            validated = await asyncio.to_thread(
-                composition.validate, self.desired_path, hasher=app.hasher, cache=app.parsed
-            )
-        except DesiredError as exc:
+            # Unreadable files: once they are back, whatever they hold is loaded afresh.
+            current = self._signature = None
+            self._file_problems = self._refuse(exc)
+        if current is not None and current != self._signature:
             self._signature = current  # refused once; reported until the files change again
-            self._refuse(exc)
-            return
-        await app.replace_desired(validated)
-        self._signature = await asyncio.to_thread(self._current_signature, app)
-        self._show_desired(app)
-        log.info(
-            "desired.loaded",
-            files=list(validated.loaded.files),
-            parsed=list(validated.loaded.parsed),
-            persons=len(validated.loaded.desired.persons),
-            targets=sorted(app.targets),
-        )
+            try:
+                self._files = await asyncio.to_thread(
+                    composition.validate, self.desired_path, hasher=app.hasher, cache=app.parsed
+                )
+            except DesiredError as exc:
+                self._file_problems = self._refuse(exc)
+            else:
+                self._file_problems, self._files_in_use = (), False
+                # Photos named since: a change to one of them is a change of the files.
+                self._signature = await asyncio.to_thread(self._current_signature)
+        candidate: Validated | None = self._files
+        self._source_problems = ()
+        if self._files.loaded.persons_from:
+            try:
+                candidate = await composition.read_sources(
+                    self._files, hasher=app.hasher, reader=self._reader
+                )
+            except DesiredError as exc:
+                candidate = None
+                self._source_problems = self._refuse(exc)
+        if candidate is not None and (
+            not self._files_in_use
+            or candidate.loaded.desired.digest != app.desired.loaded.desired.digest
+        ):
+            await app.replace_desired(candidate)
+            self._files_in_use = True
+            self._show_desired(app)
+            log.info(
+                "desired.loaded",
+                files=list(candidate.loaded.files),
+                parsed=list(candidate.loaded.parsed),
+                persons=len(candidate.loaded.desired.persons),
+                targets=sorted(app.targets),
+            )
+        self._show_problems()
 
-    def _current_signature(self, app: App) -> str:
-        persons = app.desired.loaded.desired.persons.values()
-        return yamlfile.signature(self.desired_path, (p.photo.path for p in persons if p.photo))
+    def _current_signature(self) -> str:
+        assert self._files is not None
+        loaded = self._files.loaded
+        # The files' own photos only: the sources' photos are looked at on every read anyway.
+        persons = (loaded.inline if loaded.inline is not None else loaded.desired).persons
+        return yamlfile.signature(
+            self.desired_path, (p.photo.path for p in persons.values() if p.photo)
+        )
 
     def _show_desired(self, app: App) -> None:
         loaded = app.desired.loaded
@@ -286,27 +358,40 @@ class Daemon:
             persons=len(loaded.desired.persons),
             loaded_at=time.time(),
         )
-        self.metrics.set_desired(True)
 
-    def _refuse(self, exc: DesiredError) -> None:
+    def _refuse(self, exc: DesiredError) -> tuple[str, ...]:
         problems = tuple(str(p) for p in exc.problems)
-        summary = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}: {problems[0]}"
+        log.error("desired.invalid", problems=list(problems), kept=self.status.desired.digest)
+        return problems
+
+    def _show_problems(self) -> None:
+        """The refused edit and the failed read, if any, on /readyz, /status and /metrics."""
+        problems = self._file_problems + self._source_problems
+        summary = None
+        if problems:
+            summary = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}: {problems[0]}"
         self.status.desired = dataclasses.replace(
             self.status.desired, error=summary, problems=problems
         )
-        self.metrics.set_desired(False)
-        log.error("desired.invalid", problems=list(problems), kept=self.status.desired.digest)
+        self.metrics.set_desired(not problems)
 
 
 def target_pass(
-    plan: TargetPlan, report: TargetReport | None, managed: int, *, dry_run: bool
+    plan: TargetPlan,
+    report: TargetReport | None,
+    managed: int,
+    *,
+    dry_run: bool,
+    health: Health = HEALTHY,
 ) -> TargetPass:
     """What one pass did to one target, for /status and the metrics."""
     planned = Counter(c.action.value for c in plan.changes)
     failed = Counter(f.action.value for f in report.failures) if report else Counter[str]()
     applied = dict(report.applied_by_action) if report else {}
     result: TargetResult
-    if plan.error is not None:
+    if plan.quarantined:
+        result = "quarantined"
+    elif plan.error is not None:
         result = "unobservable"
     elif plan.suspended:
         result = "suspended"
@@ -330,9 +415,11 @@ def target_pass(
         held_reason=plan.held_reason,
         deferred=len(plan.deferred),
         foreign=len(plan.foreign),
+        foreign_persons=plan.foreign[:FOREIGN_SHOWN],
         invalid=len(plan.invalid),
         managed=managed,
         error=plan.error,
+        health=health,
         failures=tuple(
             FailureView(person=f.person_id, action=f.action.value, error=f.error)
             for f in (report.failures[:FAILURES_SHOWN] if report else ())

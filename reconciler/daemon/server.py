@@ -17,6 +17,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from reconciler import logs
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.status import Status
 from reconciler.daemon.trigger import Trigger
@@ -159,7 +160,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return _json(request.app[_STATUS].document())
+    return _json(logs.redact(request.app[_STATUS].document()))
 
 
 async def _reconcile(request: web.Request) -> web.Response:

@@ -10,14 +10,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from reconciler.core.changes import health_document
+from reconciler.core.quarantine import HEALTHY, Health
+from reconciler.store.base import Holding
+
 #: A target's result in one pass.
-TargetResult = Literal["ok", "partial", "failed", "unobservable", "suspended", "dry-run"]
+TargetResult = Literal[
+    "ok", "partial", "failed", "unobservable", "suspended", "quarantined", "dry-run"
+]
 #: A pass's result: ok (every change applied), partial (some failed or a target was not
 #: observed), failed (the pass itself could not run).
 PassResult = Literal["ok", "partial", "failed"]
 
 #: Failures kept per target for /status: enough to act on, not a dump.
 FAILURES_SHOWN = 20
+#: Foreign person ids listed per target in /status (the count is always complete).
+FOREIGN_SHOWN = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,11 +53,15 @@ class TargetPass:
     #: Changes that failed before and wait out their back-off.
     deferred: int = 0
     foreign: int = 0
+    #: The first FOREIGN_SHOWN of them, by id: enough to decide whether to adopt.
+    foreign_persons: tuple[str, ...] = ()
     invalid: int = 0
     #: Ledger entries for this target after the pass.
     managed: int = 0
     error: str | None = None
     failures: tuple[FailureView, ...] = ()
+    #: The target's record of failing passes after this pass (core.quarantine).
+    health: Health = HEALTHY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +96,17 @@ class DesiredView:
     problems: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeadershipView:
+    """This replica, the live ones, and who holds each target (as of the last pass)."""
+
+    replica: str = ""
+    replicas: tuple[str, ...] = ()
+    holders: Mapping[str, Holding] = field(default_factory=dict)
+    #: Targets this replica held in its last pass (owned, and not written by anyone else).
+    held: frozenset[str] = frozenset()
+
+
 @dataclass(kw_only=True)
 class Status:
     """The daemon's state, as the endpoints report it."""
@@ -95,6 +118,7 @@ class Status:
     last_pass: PassOutcome | None = None
     in_pass: bool = False
     passes: int = 0
+    leadership: LeadershipView = field(default_factory=LeadershipView)
 
     def readiness(self, now: float | None = None) -> tuple[bool, str]:
         """Ready: the last pass finished, is younger than 3 intervals, and the desired state is
@@ -115,9 +139,17 @@ class Status:
         return True, f"last pass {self.last_pass.result}, {age:.0f}s ago"
 
     def document(self) -> dict[str, Any]:
-        """The /status JSON: the process, the desired state, the last pass, each target."""
+        """The /status JSON: the process, the desired state, the last pass, each target, and
+        which replica holds which target."""
         last = self.last_pass
+        lead = self.leadership
         return {
+            "replica": lead.replica,
+            "replicas": list(lead.replicas),
+            "holders": {
+                target: {"owner": holding.owner, "writer": holding.writer}
+                for target, holding in sorted(lead.holders.items())
+            },
             "started_at": _iso(self.started_at),
             "dry_run": self.dry_run,
             "interval": self.interval,
@@ -158,8 +190,10 @@ class Status:
                     "held": {"deletes": t.held, "reason": t.held_reason} if t.held else None,
                     "deferred": t.deferred,
                     "foreign": t.foreign,
+                    "foreign_persons": list(t.foreign_persons),
                     "invalid": t.invalid,
                     "error": t.error,
+                    "health": _health(t.health, time.time()),
                     "failures": [
                         {"person": f.person, "action": f.action, "error": f.error}
                         for f in t.failures
@@ -168,6 +202,16 @@ class Status:
                 for name, t in (last.targets.items() if last else ())
             },
         }
+
+
+def _health(health: Health, now: float) -> dict[str, Any] | None:
+    if health.healthy:
+        return None
+    return {
+        **health_document(health, quarantined=health.quarantined(now)),
+        "failing_since": _iso(health.since) if health.since else None,
+        "quarantined_until": _iso(health.until) if health.until else None,
+    }
 
 
 def _iso(seconds: float) -> str:

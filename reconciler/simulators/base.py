@@ -87,6 +87,10 @@ class Entry:
     write: bool = False
     #: The connection was dropped (`Faults.reset_rate`): the client never saw `status`.
     reset: bool = False
+    #: The client's User-Agent: reconciler names its replica there.
+    client: str | None = None
+    #: time.monotonic() when the answer was ready (or the connection dropped).
+    done: float = 0.0
 
 
 class RequestLog:
@@ -224,6 +228,8 @@ class Simulator(abc.ABC):
                         items=request.get(ITEMS),
                         write=route is not None and route.write,
                         reset=reset,
+                        client=request.headers.get("User-Agent"),
+                        done=time.monotonic(),
                     )
                 )
 

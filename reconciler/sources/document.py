@@ -1,7 +1,8 @@
 """The desired-state file format (DESIGN A1) as pydantic models of one file, and its JSON Schema.
 
-Pure: validation only, no I/O. Strict throughout, because YAML's implicit typing silently turns
-`1001` into an int and `0123` into 83: a value of the wrong type is an error, never coerced.
+Pure: validation (into the core's types) only, no I/O. Strict throughout, because YAML's implicit
+typing silently turns `1001` into an int and `0123` into 83: a value of the wrong type is an
+error, never coerced.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +24,9 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from reconciler.core import persons
+from reconciler.core.persons import Origin, Photo
 
 #: The target kinds this version speaks.
 KINDS: tuple[str, ...] = ("nebula_pass", "sophon_fog", "sophon_sight", "siteserver")
@@ -57,11 +62,20 @@ OWN_ERROR_TYPES = frozenset(
         "datetime_naive",
         "valid_until_order",
         "version",
+        "sql_url",
+        "duration",
     }
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _EXAMPLE_TIME = "2026-11-01T09:00:00+08:00"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+_PERSON_TYPES = {t.value: t for t in persons.PersonType}
+#: The longest a persons_from query may be given: a pass waits for it.
+MAX_SOURCE_TIMEOUT = 600.0
+#: URL schemes of persons_from; postgres:// is libpq's alias of postgresql://.
+SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 def _check_id(value: str) -> str:
@@ -120,6 +134,42 @@ def _version(value: Any) -> int:
     return 1
 
 
+def _sql_url(value: str) -> str:
+    # Never echo the value: a database URL may carry a password.
+    scheme, separator, rest = value.partition("://")
+    if not separator or scheme not in SQL_SCHEMES:
+        raise PydanticCustomError(
+            "sql_url", "must be a sqlite:///PATH or postgresql://USER@HOST/DATABASE URL"
+        )
+    try:
+        urlsplit(value)  # what names the source in messages must be able to take it apart
+    except ValueError:
+        raise PydanticCustomError(
+            "sql_url", "is not a valid URL (check the brackets around an IPv6 host)"
+        ) from None
+    if scheme == "sqlite" and (not rest.startswith("/") or rest == "/"):
+        raise PydanticCustomError(
+            "sql_url",
+            "must be sqlite:///PATH: three slashes before a relative path, four before an "
+            "absolute one",
+        )
+    return value
+
+
+def _timeout(value: Any) -> float:
+    """Seconds (a number), or a number with ms, s or m: "500ms", "30s", "2m"."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None or not 0 < seconds <= MAX_SOURCE_TIMEOUT:
+        raise PydanticCustomError(
+            "duration", "must be a duration above 0 and at most 10m, e.g. 30s or 500ms"
+        )
+    return seconds
+
+
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_check_id)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Email = Annotated[str, AfterValidator(_check_email)]
@@ -165,6 +215,30 @@ class Person(BaseModel):
     protected: bool = False
     """True: never deleted or replaced by reconciler."""
 
+    def to_core(self, *, photo: Photo | None, origin: Origin) -> persons.Person:
+        """The validated person as the core takes it (the photo already read)."""
+        return persons.Person(
+            id=self.id,
+            name=self.name,
+            type=_PERSON_TYPES[self.type],
+            job_number=self.job_number,
+            email=self.email,
+            phone=self.phone,
+            department=self.department,
+            groups=tuple(self.groups),
+            card=self.card,
+            id_number=self.id_number,
+            pin=self.pin,
+            admin=self.admin,
+            remark=self.remark,
+            valid_from=self.valid_from,
+            valid_until=self.valid_until,
+            photo=photo,
+            labels=self.labels,
+            protected=self.protected,
+            origin=origin,
+        )
+
     @field_validator("valid_until")
     @classmethod
     def _after_valid_from(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
@@ -183,6 +257,31 @@ class Department(BaseModel):
     name: Name
     parent: str = ""
     """The id of the parent department; empty for a top-level one."""
+
+
+class PersonsFrom(BaseModel):
+    """Persons read by a read-only SQL query, beside the persons declared inline."""
+
+    model_config = _config()
+
+    sql: Annotated[str, AfterValidator(_sql_url)]
+    """sqlite:///PATH (relative to this file) or postgresql://USER@HOST/DATABASE; ${NAME}
+    takes it from the environment."""
+    query: Annotated[str, StringConstraints(min_length=1)]
+    """One SELECT whose columns are named like person fields (id, name, email, ...)."""
+    timeout: Annotated[
+        float,
+        PlainValidator(_timeout),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SOURCE_TIMEOUT},
+                    {"type": "string", "pattern": _DURATION.pattern},
+                ]
+            }
+        ),
+    ] = 30.0
+    """How long the database may take to answer, in seconds or with a unit: 30s, 500ms, 2m."""
 
 
 class Target(BaseModel):
@@ -208,6 +307,8 @@ class Document(BaseModel):
     """Target name -> settings."""
     departments: list[Department] = Field(default_factory=list)
     persons: list[Person] = Field(default_factory=list)
+    persons_from: list[PersonsFrom] = Field(default_factory=list)
+    """SQL queries whose rows are more persons."""
 
 
 def document_schema() -> dict[str, Any]:

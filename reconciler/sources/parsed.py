@@ -120,7 +120,8 @@ class Content:
     """What one valid desired file declares, as cached.
 
     persons: one row per person (PERSON_FIELDS); departments: (id, name, parent, line) rows;
-    targets: name -> settings as written, ${NAME} not yet replaced, so no secret is cached.
+    targets (name -> settings) and persons_from as written, ${NAME} not yet replaced, so no
+    secret is cached; source_lines: the line of each persons_from entry.
     photos: absolute path -> what was last seen of each photo the file names.
     """
 
@@ -128,17 +129,21 @@ class Content:
     departments: list[tuple[str, str, str, int | None]]
     targets: dict[str, Any]
     target_lines: dict[str, int]
+    persons_from: list[Any]
+    source_lines: list[int | None]
     photos: dict[str, PhotoSeen]
 
     def encode(self) -> bytes | None:
         """The entry's plain text; None when some value would not survive JSON unchanged."""
-        if not _json_safe(self.targets):
+        if not (_json_safe(self.targets) and _json_safe(self.persons_from)):
             return None
         body = {
             "persons": self.persons,
             "departments": self.departments,
             "targets": self.targets,
             "target_lines": self.target_lines,
+            "persons_from": self.persons_from,
+            "source_lines": self.source_lines,
             "photos": {
                 path: [
                     seen.device,
@@ -171,6 +176,8 @@ class Content:
             departments=[(d[0], d[1], d[2], d[3]) for d in body["departments"]],
             targets=dict(body["targets"]),
             target_lines=dict(body["target_lines"]),
+            persons_from=list(body["persons_from"]),
+            source_lines=list(body["source_lines"]),
             photos={path: PhotoSeen(*seen) for path, seen in body["photos"].items()},
         )
 

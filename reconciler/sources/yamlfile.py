@@ -59,12 +59,38 @@ class RawTarget:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PersonsSource:
+    """A persons_from entry as declared; sources.sql reads it (this module never does)."""
+
+    #: With ${NAME} replaced: it may hold a password, so it is never printed as is.
+    url: str = field(repr=False)
+    query: str = field(repr=False)
+    #: Seconds the database may take to answer.
+    timeout: float
+    #: The file that declares it, as the user wrote the path, and where in it.
+    source: str
+    line: int | None
+    #: Its position in that file's persons_from list.
+    index: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Loaded:
-    """A valid desired state, the targets declared beside it, and the files it came from."""
+    """A valid desired state, the targets declared beside it, and the files it came from.
+
+    With persons_from sources, `desired` holds only the persons declared in the files (and no
+    digest) until sources.sql has read the sources and merged their persons in.
+    """
 
     desired: Desired
     targets: Mapping[str, RawTarget]
     files: tuple[str, ...]
+    persons_from: tuple[PersonsSource, ...] = ()
+    #: False until the persons_from sources' persons are in `desired`: nothing may be planned
+    #: from an incomplete state (it would delete every person the sources hold).
+    complete: bool = True
+    #: Once the sources are read: the files' own persons, to merge the next read into.
+    inline: Desired | None = None
     #: The files the YAML parser read in this load; the others came from the cache.
     parsed: tuple[str, ...] = ()
 
@@ -87,6 +113,7 @@ _KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "": (*doc.Document.model_fields, "persons_from"),
     "persons": tuple(doc.Person.model_fields),
     "departments": tuple(doc.Department.model_fields),
+    "persons_from": tuple(doc.PersonsFrom.model_fields),
 }
 _YAML11_BOOLS = frozenset({"yes", "no", "on", "off", "y", "n"})
 _PERSON_TYPES = {t.value: t for t in PersonType}
@@ -318,8 +345,8 @@ class _File:
     data: bytes
     mapping_lines: dict[int, int]
     target_lines: dict[str, int]
-    #: The top-level mapping as parsed, with ${NAME} replaced under targets; empty when the
-    #: file came from the cache.
+    #: The top-level mapping as parsed, with ${NAME} replaced under targets and persons_from;
+    #: empty when the file came from the cache.
     raw: dict[Hashable, Any]
     #: The validated file; for a file from the cache, only its targets.
     document: doc.Document | None = None
@@ -331,6 +358,8 @@ class _File:
     cached: bool = False
     #: Its photos as read (or re-checked) in this load, for the cache.
     photos: dict[str, PhotoSeen] = field(default_factory=dict)
+    #: The line of each persons_from entry (interpolation copies the entries).
+    source_lines: list[int | None] = field(default_factory=list)
     _root: Node | None = None
     _composed: bool = False
 
@@ -435,6 +464,19 @@ def load(
         if report.items:
             raise DesiredError(report.problems())
         persons = _persons(files, photos)
+        declared = tuple(
+            PersonsSource(
+                url=entry.sql,
+                query=entry.query,
+                timeout=entry.timeout,
+                source=file.source,
+                line=file.source_lines[index] if index < len(file.source_lines) else None,
+                index=index,
+            )
+            for file in files
+            if file.document is not None
+            for index, entry in enumerate(file.document.persons_from)
+        )
         departments = _parents_first(
             [
                 Department(id=department_id, name=name, parent=parent)
@@ -443,17 +485,17 @@ def load(
                 for department_id, name, parent, _ in file.content.departments
             ]
         )
+        # With persons_from, the digest is computed once the sources' persons are merged in.
         # Still paused: the digest allocates a document per person, and a collection now would
         # walk every object the load has built (1.4 s of 2 at 100 000 persons).
-        desired = Desired(
-            persons=persons,
-            departments=departments,
-            digest=_digest(persons, departments, hasher, cache, files, photos),
-        )
+        digest = "" if declared else _digest(persons, departments, hasher, cache, files, photos)
+        desired = Desired(persons=persons, departments=departments, digest=digest)
     return Loaded(
         desired=desired,
         targets=targets,
         files=tuple(sources),
+        persons_from=declared,
+        complete=not declared,
         parsed=tuple(file.source for file in files if not file.cached),
     )
 
@@ -575,26 +617,25 @@ def _read(
         message = f"{problem}: it must be a mapping with at least version: 1"
         report.at(index, source, message, line=1, column=1)
         return None
-    if "persons_from" in file.raw:
-        del file.raw["persons_from"]
-        report.node(
-            file,
-            ("persons_from",),
-            "persons_from is not available yet: reading persons from a database is not "
-            "supported in this version; declare persons under persons:",
-            key=True,
-        )
     written = file.raw.get("targets")
     if isinstance(written, dict):
-        file.raw["targets"] = _interpolated(file, written, env, report)
+        file.raw["targets"] = _interpolated(file, written, "targets", env, report)
     file.targets = file.raw.get("targets")
+    written_sources = file.raw.get("persons_from")
+    if isinstance(written_sources, list):
+        file.source_lines = [file.line_of(entry) for entry in written_sources]
+        file.raw["persons_from"] = _interpolated(file, written_sources, "persons_from", env, report)
     try:
         file.document = doc.Document.model_validate(file.raw)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             _report_error(file, error, report)
     if file.document is not None and len(report.items) == problems:
-        file.content = _content(file, written if isinstance(written, dict) else {})
+        file.content = _content(
+            file,
+            written if isinstance(written, dict) else {},
+            written_sources if isinstance(written_sources, list) else [],
+        )
         file.key = key
     return file
 
@@ -608,7 +649,8 @@ def _from_cache(
     env: Mapping[str, str],
     report: _Report,
 ) -> _File:
-    """A file the cache holds: only its targets are interpolated and validated again."""
+    """A file the cache holds: only its targets and persons_from entries (which may hold
+    ${NAME}) are interpolated and validated again."""
     file = _File(
         index=index,
         source=source,
@@ -620,16 +662,20 @@ def _from_cache(
         key=key,
         cached=True,
     )
-    file.targets = _interpolated(file, content.targets, env, report)
+    file.targets = _interpolated(file, content.targets, "targets", env, report)
+    file.source_lines = content.source_lines
+    sources = _interpolated(file, content.persons_from, "persons_from", env, report)
     try:
-        file.document = doc.Document.model_validate({"version": 1, "targets": file.targets})
+        file.document = doc.Document.model_validate(
+            {"version": 1, "targets": file.targets, "persons_from": sources}
+        )
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             _report_error(file, error, report)
     return file
 
 
-def _content(file: _File, targets: dict[Hashable, Any]) -> Content:
+def _content(file: _File, targets: dict[Hashable, Any], sources: list[Any]) -> Content:
     """A valid parsed file's declarations, in the cache's form."""
     assert file.document is not None
     persons = [
@@ -666,15 +712,18 @@ def _content(file: _File, targets: dict[Hashable, Any]) -> Content:
         # A valid file's target names are strings (the document says so).
         targets={str(name): value for name, value in targets.items()},
         target_lines=file.target_lines,
+        persons_from=sources,
+        source_lines=file.source_lines,
         photos={},
     )
 
 
 def _interpolated(
-    file: _File, targets: dict[Any, Any], env: Mapping[str, str], report: _Report
+    file: _File, value: Any, section: str, env: Mapping[str, str], report: _Report
 ) -> Any:
+    """value (a file's section as written) with ${NAME} replaced; problems reported in file."""
     issues: list[tuple[KeyPath, str]] = []
-    replaced = _interpolate(targets, ("targets",), env, issues)
+    replaced = _interpolate(value, (section,), env, issues)
     for path, message in issues:
         report.node(file, path, message)
     return replaced
@@ -729,8 +778,13 @@ def _report_error(file: _File, error: ErrorDetails, report: _Report) -> None:
         entry = file.entries("departments")[int(loc[1])]
         if isinstance(entry, dict) and isinstance(entry.get("id"), str):
             prefix = f"department {entry['id']}: "
-    # Target values may hold interpolated secrets; pins and id numbers are sensitive.
-    echo = section != "targets" and not (rel and rel[0] in SENSITIVE_FIELDS)
+    # Target and persons_from values may hold interpolated secrets; pins and id numbers are
+    # sensitive.
+    echo = (
+        section != "targets"
+        and loc[0] != "persons_from"
+        and not (rel and rel[0] in SENSITIVE_FIELDS)
+    )
 
     if rel and rel[-1] == "[key]":
         _report_key_error(file, loc[:-1], section, kind, report, person_id)
@@ -741,7 +795,8 @@ def _report_error(file: _File, error: ErrorDetails, report: _Report) -> None:
         message = f"missing required key '{rel[-1]}'"
         position = loc[:-1]
     elif kind == "extra_forbidden":
-        message = _unknown_key(str(rel[-1]), _KNOWN_KEYS.get(section, ()))
+        owner = "persons_from" if loc[0] == "persons_from" and len(loc) == 3 else section
+        message = _unknown_key(str(rel[-1]), _KNOWN_KEYS.get(owner, ()))
         key = True
     elif kind == "invalid_key":
         message = f'keys must be strings: write "{rel[-1]}" in quotes'
@@ -928,6 +983,11 @@ def _photo(path: str, known: PhotoSeen | None) -> tuple[Photo | str, PhotoSeen |
             )
             return photo, known
     return _read_photo(path)
+
+
+def read_photo(path: Path) -> Photo | str:
+    """The photo at path, or why it cannot be one (the rest of a sentence)."""
+    return _read_photo(str(path))[0]
 
 
 def _read_photo(path: str) -> tuple[Photo | str, PhotoSeen | None]:

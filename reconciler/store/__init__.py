@@ -1,1 +1,2 @@
-"""The store: the ledger (what we own), passes, and the fingerprint key. I/O (SQLite)."""
+"""The store: the ledger (what we own), passes, the fingerprint key, and the locks that let
+several replicas share it. I/O (SQLite, PostgreSQL)."""

@@ -1,9 +1,8 @@
 """The embedded store: one SQLite file in the state directory. File I/O on one worker thread.
 
-Every ledger write is one transaction that records the target's confirmation, so a crash at any
-point leaves the ledger agreeing with what the targets confirmed. Creates are written ahead as
-pending rows before they are sent: a crash between send and confirmation still leaves the person
-owned, and the next pass converges on it (upserts are keyed by our id) instead of orphaning it.
+Every confirmed batch is one ledger transaction, so a crash leaves the ledger agreeing with the
+targets. Creates are written ahead as pending rows before they are sent, so a crash between send
+and confirmation leaves the person owned, not orphaned. Errors written here are redacted.
 """
 
 from __future__ import annotations
@@ -15,62 +14,56 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
+from reconciler import logs
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
+from reconciler.core.quarantine import Health
 from reconciler.errors import StoreError
+from reconciler.store import base
+from reconciler.store.base import KEY_BYTES, Holding, PassRecord, Role, default_replica_id
 
 _T = TypeVar("_T")
 
-#: Bytes of the key that makes fingerprints unguessable (a plain hash of a pin is the pin).
-KEY_BYTES = 32
-#: Pass records kept: about a week of passes at the default interval, bounded for years of
-#: unattended running.
-PASSES_KEPT = 10_000
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PassRecord:
-    id: int
-    started_at: float
-    finished_at: float | None
-    mode: str
-    result: str | None
-    plan_fingerprint: str | None
-    summary: Mapping[str, Any] | None
-    error: str | None
+#: How often a writer waiting for the file lock tries again.
+_LOCK_POLL = 0.2
 
 
 def migrations() -> list[tuple[int, str]]:
-    """The schema migrations shipped in the package, in order."""
-    folder = resources.files("reconciler.store") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
+    """The SQLite schema migrations shipped in the package, in order."""
+    return base.migrations("sqlite")
 
 
 class SqliteStore:
     """The ledger and passes in `<state_dir>/reconciler.sqlite3` (or any sqlite:/// path)."""
 
-    def __init__(self, path: Path) -> None:
+    shared = False
+
+    def __init__(self, path: Path, *, replica: str | None = None) -> None:
         self.path = path
+        self.replica = replica or default_replica_id()
+        self._owned: set[str] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
         self._lock_file: int | None = None
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
-        store = cls(path)
+    async def open(cls, path: Path, *, replica: str | None = None) -> SqliteStore:
+        store = cls(path, replica=replica)
         try:
             await store._run(store._connect)
         except BaseException:
@@ -254,7 +247,8 @@ class SqliteStore:
         if not failed and not succeeded:
             return
         rows = [
-            (target, a.person_id, a.fingerprint, a.failures, a.next_try, a.error) for a in failed
+            (target, a.person_id, a.fingerprint, a.failures, a.next_try, logs.redact(a.error))
+            for a in failed
         ]
         cleared = [(target, pid) for pid in succeeded]
 
@@ -270,6 +264,55 @@ class SqliteStore:
 
         await self._transaction(write)
 
+    # -- target health ----------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Health]:
+        """Targets that are failing or quarantined (core.quarantine); the rest are healthy."""
+
+        def read(db: sqlite3.Connection) -> dict[str, Health]:
+            rows = db.execute(
+                "SELECT target, failing_passes, since, until, quarantines, error "
+                "FROM target_health ORDER BY target"
+            )
+            return {
+                target: Health(
+                    failing_passes=failing,
+                    since=since,
+                    until=until,
+                    quarantines=quarantines,
+                    error=error,
+                )
+                for target, failing, since, until, quarantines, error in rows
+            }
+
+        return await self._with_db(read)
+
+    async def record_health(self, target: str, health: Health) -> None:
+        """A target's health after a pass; a healthy target's row is removed."""
+
+        def write(db: sqlite3.Connection) -> None:
+            if health.healthy:
+                db.execute("DELETE FROM target_health WHERE target = ?", (target,)).close()
+                return
+            db.execute(
+                "INSERT INTO target_health "
+                "(target, failing_passes, since, until, quarantines, error) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
+                "failing_passes = excluded.failing_passes, since = excluded.since, "
+                "until = excluded.until, quarantines = excluded.quarantines, "
+                "error = excluded.error",
+                (
+                    target,
+                    health.failing_passes,
+                    health.since,
+                    health.until,
+                    health.quarantines,
+                    logs.redact(health.error),
+                ),
+            ).close()
+
+        await self._transaction(write)
+
     # -- passes ---------------------------------------------------------------------------
 
     async def begin_pass(self, mode: str) -> int:
@@ -278,7 +321,7 @@ class SqliteStore:
                 "INSERT INTO passes (started_at, mode) VALUES (?, ?)", (time.time(), mode)
             )
             assert cursor.lastrowid is not None
-            db.execute("DELETE FROM passes WHERE id <= ?", (cursor.lastrowid - PASSES_KEPT,))
+            db.execute("DELETE FROM passes WHERE id <= ?", (cursor.lastrowid - base.PASSES_KEPT,))
             return cursor.lastrowid
 
         return await self._transaction(write)
@@ -300,8 +343,8 @@ class SqliteStore:
                     time.time(),
                     result,
                     plan_fingerprint,
-                    orjson.dumps(summary).decode(),
-                    error,
+                    orjson.dumps(logs.redact(summary)).decode(),
+                    logs.redact(error),
                     pass_id,
                 ),
             ).close()
@@ -352,26 +395,67 @@ class SqliteStore:
         return await self._transaction(read_or_make)
 
     @contextlib.asynccontextmanager
-    async def writer(self) -> AsyncIterator[None]:
-        """Exclusive right to apply: two applies on one store never interleave."""
+    async def writer(
+        self, targets: Collection[str], *, wait: float = 0.0, partial: bool = False
+    ) -> AsyncIterator[frozenset[str]]:
+        """Exclusive right to apply: two applies on one store file never interleave.
+
+        One lock for the whole file, whatever the targets: a busy store is an error even with
+        `partial` (there is nothing to share out).
+        """
+        if self._lock_file is not None:
+            yield frozenset(targets)
+            return
         lock_path = self.path.with_suffix(".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            holder = lock_path.read_text(encoding="utf-8").strip() or "another process"
-            raise StoreError(
-                f"another reconciler ({holder}) is applying with this store ({self.path}); "
-                "wait for it to finish"
-            ) from exc
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() < deadline:
+                    await asyncio.sleep(_LOCK_POLL)
+                    continue
+                os.close(fd)
+                holder = lock_path.read_text(encoding="utf-8").strip() or "another process"
+                waited = f" (waited {wait:g} s)" if wait else ""
+                raise StoreError(
+                    f"another reconciler ({holder}) is applying with this store ({self.path}); "
+                    f"wait for it to finish{waited}"
+                ) from exc
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
         self._lock_file = fd
         try:
-            yield
+            yield frozenset(targets)
         finally:
             self._release_lock()
+
+    # One process writes a SQLite store at a time, so a replica owns whatever it is given.
+
+    async def join(self, role: Role) -> None:
+        return None
+
+    async def replicas(self) -> list[str]:
+        return [self.replica]
+
+    async def claim(self, target: str) -> bool:
+        self._owned.add(target)
+        return True
+
+    async def release(self, target: str) -> None:
+        self._owned.discard(target)
+
+    def owned(self) -> frozenset[str]:
+        return frozenset(self._owned)
+
+    async def holders(self, targets: Collection[str]) -> dict[str, Holding]:
+        writer = self.replica if self._lock_file is not None else None
+        return {
+            t: Holding(owner=self.replica if t in self._owned else None, writer=writer)
+            for t in targets
+        }
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
@@ -410,7 +494,7 @@ class SqliteStore:
             if version > current:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _statements(script):
+                    for statement in base.statements(script):
                         db.execute(statement)
                     db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                     db.execute("COMMIT")
@@ -452,9 +536,3 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements (our migrations never put ';' inside literals)."""
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

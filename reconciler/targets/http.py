@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import aiohttp
 import orjson
@@ -30,6 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from reconciler import __version__
 from reconciler.core.planning import TargetSpec
 from reconciler.core.records import KindSpec, Render
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
@@ -112,8 +113,17 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+def identify(replica: str) -> None:
+    """Name this process in the User-Agent of the sessions opened from now on, so a device's
+    logs (and the simulators' request logs) tell which replica sent each request."""
+    Client.user_agent = f"reconciler/{__version__} ({replica})"
+
+
 class Client:
     """One target's HTTP client: a pooled session, limits, retries and error mapping."""
+
+    #: Sent with every request (see identify()).
+    user_agent: ClassVar[str] = f"reconciler/{__version__}"
 
     def __init__(
         self,
@@ -148,7 +158,11 @@ class Client:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={"User-Agent": self.user_agent},
+            )
         return self._session
 
     async def aclose(self) -> None:

@@ -477,9 +477,10 @@ class SiteServer(HttpTarget[Settings]):
             return Outcome(
                 change=change,
                 ok=False,
-                error=f"userName {change.person_id} already exists on the CMS although the "
-                "listing did not show it; the next pass works from a new listing "
-                f"(CMS said: {said})",
+                error=f"userName {change.person_id} already exists on the CMS: most likely an "
+                "earlier try of this very create took effect but its answer was lost (or someone "
+                "added the user since the listing); the next pass reads it and updates it "
+                f"instead (CMS said: {said})",
             )
         return Outcome(
             change=change, ok=False, error=f"the CMS refused it: {said}", retryable=False

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler.core.quarantine import Health
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.status import PassOutcome, TargetPass
+from reconciler.daemon.status import LeadershipView, PassOutcome, TargetPass
 
 NOW = 1_700_000_000.0
 
@@ -116,11 +119,16 @@ def test_the_exposition_parses_and_names_are_the_contract() -> None:
         "reconciler_held_deletes",
         "reconciler_deferred_changes",
         "reconciler_target_errors",
+        "reconciler_target_failing_passes",
+        "reconciler_target_quarantined",
+        "reconciler_target_quarantined_until_seconds",
         "reconciler_foreign_persons",
         "reconciler_invalid_persons",
         "reconciler_last_pass_timestamp_seconds",
         "reconciler_last_success_timestamp_seconds",
         "reconciler_desired_valid",
+        "reconciler_targets_held",
+        "reconciler_replicas",
     }
 
 
@@ -210,8 +218,38 @@ def test_desired_validity_flips() -> None:
     assert value(metrics, "reconciler_desired_valid") == 0
 
 
+def test_targets_held_and_replicas_follow_the_last_pass() -> None:
+    metrics = Metrics()
+    metrics.set_leadership(
+        LeadershipView(replica="a", replicas=("a", "b", "c"), held=frozenset({"lobby", "gate"}))
+    )
+    assert value(metrics, "reconciler_targets_held") == 2
+    assert value(metrics, "reconciler_replicas") == 3
+    metrics.set_leadership(LeadershipView(replica="a", replicas=("a",), held=frozenset()))
+    assert value(metrics, "reconciler_targets_held") == 0
+    assert value(metrics, "reconciler_replicas") == 1
+
+
 def test_each_instance_has_its_own_registry() -> None:
     first, second = Metrics(), Metrics()
     first.record_pass(outcome(LOBBY))
     assert value(first, "reconciler_persons_managed", target="lobby") == 12
     assert value(second, "reconciler_persons_managed", target="lobby") is None
+
+
+def test_a_quarantined_target_is_shown_until_it_recovers() -> None:
+    metrics = Metrics()
+    quarantined = Health(
+        failing_passes=3, since=NOW - 180, until=NOW + 300, quarantines=1, error="refused"
+    )
+    sick = dataclasses.replace(LOBBY, result="quarantined", health=quarantined)
+    metrics.record_pass(outcome(sick, finished_at=NOW))
+    assert value(metrics, "reconciler_target_quarantined", target="lobby") == 1
+    assert value(metrics, "reconciler_target_failing_passes", target="lobby") == 3
+    assert value(metrics, "reconciler_target_quarantined_until_seconds", target="lobby") == (
+        NOW + 300
+    )
+    metrics.record_pass(outcome(LOBBY, finished_at=NOW + 400))
+    assert value(metrics, "reconciler_target_quarantined", target="lobby") == 0
+    assert value(metrics, "reconciler_target_failing_passes", target="lobby") == 0
+    assert value(metrics, "reconciler_target_quarantined_until_seconds", target="lobby") == 0

@@ -15,11 +15,22 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from reconciler.core.changes import TargetPlan
 from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.running import target_pass
 from reconciler.daemon.server import MAX_BODY, Listening, make_app, parse_listen, start
-from reconciler.daemon.status import DesiredView, FailureView, PassOutcome, Status, TargetPass
+from reconciler.daemon.status import (
+    FOREIGN_SHOWN,
+    DesiredView,
+    FailureView,
+    LeadershipView,
+    PassOutcome,
+    Status,
+    TargetPass,
+)
 from reconciler.daemon.trigger import Trigger
 from reconciler.errors import ConfigError
+from reconciler.store.base import Holding
 
 SECRET = "whk-7f3a9c1e-never-logged"
 INTERVAL = 60.0
@@ -188,6 +199,27 @@ async def test_status_is_the_document_with_each_target(daemon: Daemon) -> None:
     assert lobby["failed"] == {"update": 1}
     assert lobby["held"] == {"deletes": 3, "reason": "more than 10% of the target's persons"}
     assert lobby["failures"] == [{"person": "1001", "action": "update", "error": "HTTP 500"}]
+
+
+async def test_status_shows_which_replica_holds_which_target(daemon: Daemon) -> None:
+    daemon.status.leadership = LeadershipView(
+        replica="pod-a",
+        replicas=("pod-a", "pod-b"),
+        holders={
+            "lobby": Holding(owner="pod-a"),
+            "gate": Holding(owner="pod-b", writer="ops-host-77 (a command)"),
+            "fog": Holding(),
+        },
+        held=frozenset({"lobby"}),
+    )
+    code, document = await get_json(daemon, "/status")
+    assert code == 200
+    assert (document["replica"], document["replicas"]) == ("pod-a", ["pod-a", "pod-b"])
+    assert document["holders"] == {
+        "fog": {"owner": None, "writer": None},
+        "gate": {"owner": "pod-b", "writer": "ops-host-77 (a command)"},
+        "lobby": {"owner": "pod-a", "writer": None},
+    }
 
 
 async def test_status_before_any_pass_has_no_targets(daemon: Daemon) -> None:
@@ -421,3 +453,13 @@ async def test_a_closed_server_refuses_connections() -> None:
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientConnectionError):
             await http.get(listening.url + "/healthz")
+
+
+def test_status_lists_the_foreign_persons_it_counts() -> None:
+    """Foreign persons are listed by id (up to FOREIGN_SHOWN), so an operator can decide on
+    `reconciler adopt` from /status alone."""
+    foreign = tuple(f"{n:05d}" for n in range(FOREIGN_SHOWN + 5))
+    plan = TargetPlan(target="lobby", kind="nebula_pass", foreign=foreign)
+    shown = target_pass(plan, None, 0, dry_run=False)
+    assert shown.foreign == FOREIGN_SHOWN + 5
+    assert shown.foreign_persons == foreign[:FOREIGN_SHOWN]

@@ -1,7 +1,8 @@
 """deploy/: the systemd unit passes `systemd-analyze verify`, the Kubernetes manifests parse, probe
-the right endpoints and carry a valid desired state, the env example names every setting, and the
-Dockerfile runs as non-root with a health check and a state volume. The Dockerfile is checked as
-text only: there is no Docker engine here, so the image cannot be built in tests.
+the right endpoints and carry a valid desired state, the PostgreSQL overlay makes two replicas of
+them, the env example names every setting, and the Dockerfile runs as non-root with a health
+check and a state volume. The Dockerfile is checked as text only: there is no Docker engine here,
+so the image cannot be built in tests.
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ UNIT = DEPLOY / "systemd" / "reconciler.service"
 ENV_EXAMPLE = DEPLOY / "systemd" / "reconciler.env.example"
 DOCKERFILE = DEPLOY / "Dockerfile"
 KUBERNETES = DEPLOY / "kubernetes"
+BASE = KUBERNETES / "base"
+OVERLAY = KUBERNETES / "postgres"
 INSTALLED = "/opt/reconciler/bin/reconciler"
 
 
-def systemd_analyze() -> str:
+def installed(name: str, how: str) -> str:
     """The tool's path; CI must never skip, elsewhere a missing tool is a skip saying how to fix."""
-    tool = shutil.which("systemd-analyze")
+    tool = shutil.which(name)
     if tool is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("systemd-analyze is missing; CI must install it (.ci/run does)")
-        pytest.skip("systemd-analyze is not installed: apt-get install systemd")
+            pytest.fail(f"{name} is missing; CI must have it: {how}")
+        pytest.skip(f"{name} is not installed: {how}")
     return tool
+
+
+def systemd_analyze() -> str:
+    return installed("systemd-analyze", "apt-get install systemd (.ci/run does)")
 
 
 def verify(unit_text: str, tmp_path: Path) -> tuple[int, str]:
@@ -70,16 +77,18 @@ def service_settings() -> dict[str, list[str]]:
     return settings
 
 
-def kubernetes_files() -> list[Path]:
-    return sorted(KUBERNETES.glob("*.yaml"))
+def kubernetes_files(folder: Path = BASE) -> list[Path]:
+    return sorted(folder.glob("*.yaml"))
 
 
-def manifests() -> dict[str, list[Any]]:
-    return {path.name: list(yaml.safe_load_all(path.read_text())) for path in kubernetes_files()}
+def manifests(folder: Path = BASE) -> dict[str, list[Any]]:
+    return {
+        path.name: list(yaml.safe_load_all(path.read_text())) for path in kubernetes_files(folder)
+    }
 
 
-def the(kind: str) -> dict[str, Any]:
-    found = [doc for docs in manifests().values() for doc in docs if doc["kind"] == kind]
+def the(kind: str, folder: Path = BASE) -> dict[str, Any]:
+    found = [doc for docs in manifests(folder).values() for doc in docs if doc["kind"] == kind]
     assert len(found) == 1, kind
     document: dict[str, Any] = found[0]
     return document
@@ -126,26 +135,36 @@ def test_the_unit_declares_the_daemon_contract_and_its_hardening() -> None:
 
 
 def test_every_kubernetes_manifest_parses() -> None:
-    found = manifests()
-    assert set(found) >= {
+    assert set(manifests(KUBERNETES)) == {"kustomization.yaml", "secret.example.yaml"}
+    assert set(manifests(BASE)) == {
         "configmap.yaml",
         "deployment.yaml",
         "kustomization.yaml",
         "pvc.yaml",
-        "secret.example.yaml",
         "service.yaml",
     }
-    for name, documents in found.items():
-        assert documents, name
-        for document in documents:
-            assert isinstance(document, dict), name
-            assert {"apiVersion", "kind"} <= document.keys(), name
+    assert set(manifests(OVERLAY)) == {
+        "deployment-patch.yaml",
+        "kustomization.yaml",
+        "poddisruptionbudget.yaml",
+    }
+    for folder in (KUBERNETES, BASE, OVERLAY):
+        for name, documents in manifests(folder).items():
+            assert documents, name
+            for document in documents:
+                assert isinstance(document, dict), name
+                assert {"apiVersion", "kind"} <= document.keys(), name
 
 
 def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
     listed = set(the("Kustomization")["resources"])
-    expected = {p.name for p in kubernetes_files()} - {"kustomization.yaml", "secret.example.yaml"}
-    assert listed == expected
+    assert listed == {p.name for p in kubernetes_files()} - {"kustomization.yaml"}
+    # The default (one replica, SQLite) and the PostgreSQL overlay both build on the base.
+    assert the("Kustomization", KUBERNETES)["resources"] == ["base"]
+    overlay = the("Kustomization", OVERLAY)
+    assert overlay["resources"] == ["../base", "poddisruptionbudget.yaml"]
+    assert {"path": "deployment-patch.yaml"} in overlay["patches"]
+    assert the("Kustomization", KUBERNETES)["images"] == overlay["images"]
 
 
 def test_the_deployment_probes_healthz_and_readyz_and_keeps_one_writer() -> None:
@@ -170,6 +189,74 @@ def test_the_deployment_probes_healthz_and_readyz_and_keeps_one_writer() -> None
     # The same grace for the in-flight change as the systemd unit gives it.
     (stop,) = service_settings()["TimeoutStopSec"]
     assert pod["terminationGracePeriodSeconds"] == int(stop.removesuffix("s"))
+
+
+def test_the_postgresql_overlay_runs_two_replicas_on_the_shared_store() -> None:
+    patch = the("Deployment", OVERLAY)["spec"]
+    assert patch["replicas"] == 2
+    # Replicas never write one target at once: rolling updates are safe, and keep one running.
+    assert patch["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pod = patch["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["RECONCILER_REPLICA_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    (state,) = pod["volumes"]
+    # The claim is removed from the volume (null deletes it in a strategic merge patch).
+    assert state == {
+        "name": "state",
+        "persistentVolumeClaim": None,
+        "emptyDir": {"sizeLimit": "64Mi"},
+    }
+    deleted = [
+        yaml.safe_load(p["patch"]) for p in the("Kustomization", OVERLAY)["patches"] if "patch" in p
+    ]
+    assert deleted == [
+        {
+            "$patch": "delete",
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": the("PersistentVolumeClaim")["metadata"]["name"]},
+        }
+    ]
+    budget = the("PodDisruptionBudget", OVERLAY)["spec"]
+    assert budget["minAvailable"] == 1
+    assert budget["selector"] == the("Deployment")["spec"]["selector"]
+    # The Secret example says where the store URL goes (commented: the SQLite default must not
+    # pick it up).
+    assert (
+        "# RECONCILER_STORE_URL: postgresql://" in (KUBERNETES / "secret.example.yaml").read_text()
+    )
+
+
+def test_kustomize_builds_both_variants() -> None:
+    """With kubectl at hand, the overlay renders to what the patch says: two replicas, no claim."""
+    kubectl = installed("kubectl", "install it as https://kubernetes.io/docs/tasks/tools/ says")
+    built = {}
+    for name, folder in (("sqlite", KUBERNETES), ("postgres", OVERLAY)):
+        done = subprocess.run(  # noqa: S603 (a fixed argument list, no shell)
+            [kubectl, "kustomize", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        built[name] = {
+            (d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(done.stdout)
+        }
+    assert ("PersistentVolumeClaim", "reconciler-state") in built["sqlite"]
+    assert ("PersistentVolumeClaim", "reconciler-state") not in built["postgres"]
+    sqlite, postgres = (built[n][("Deployment", "reconciler")] for n in ("sqlite", "postgres"))
+    assert (sqlite["spec"]["replicas"], postgres["spec"]["replicas"]) == (1, 2)
+    volumes = {v["name"]: v for v in postgres["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {"sizeLimit": "64Mi"}}
+    (container,) = postgres["spec"]["template"]["spec"]["containers"]
+    names = [item["name"] for item in container["env"]]
+    assert "RECONCILER_REPLICA_ID" in names
+    assert "RECONCILER_LISTEN" in names  # merged into the base's list, not replacing it
 
 
 def test_the_configmaps_desired_state_validates(tmp_path: Path) -> None:

@@ -68,7 +68,9 @@ def test_schema_is_json_draft_2020_12() -> None:
     assert schema["required"] == ["version"]
     assert schema["additionalProperties"] is False
     assert schema["properties"]["version"]["const"] == 1
-    assert "persons_from" not in schema["properties"]
+    sources = schema["properties"]["persons_from"]
+    assert sources["type"] == "array"
+    assert schema["$defs"]["PersonsFrom"]["required"] == ["sql", "query"]
 
 
 def test_targets_are_open_objects_with_a_kind() -> None:

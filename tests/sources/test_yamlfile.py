@@ -23,10 +23,6 @@ JPG = b"\xff\xd8\xff\xe0" + b"\x00" * 28
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
 GIF = b"GIF89a" + b"\x00" * 26
 EXAMPLE = "e.g. 2026-11-01T09:00:00+08:00"
-PERSONS_FROM = (
-    "persons_from is not available yet: reading persons from a database is not supported in "
-    "this version; declare persons under persons:"
-)
 KINDS = "'nebula_pass', 'sophon_fog', 'sophon_sight' or 'siteserver'"
 
 
@@ -243,8 +239,59 @@ ERRORS = [
     ),
     pytest.param(
         "version: 1\npersons_from:\n  - sql: sqlite:///hr.db\n",
-        (2, 1, None, PERSONS_FROM),
-        id="persons-from",
+        (3, 5, None, "missing required key 'query'"),
+        id="persons-from-without-query",
+    ),
+    pytest.param(
+        "version: 1\npersons_from:\n  - {sql: mysql://hr:pw@db/hr, query: SELECT 1}\n",
+        (
+            3,
+            11,
+            None,
+            "persons_from[0].sql must be a sqlite:///PATH or postgresql://USER@HOST/DATABASE URL",
+        ),
+        id="persons-from-scheme",
+    ),
+    pytest.param(
+        "version: 1\npersons_from:\n  - {sql: 'postgresql://u:pw@[::1/hr', query: SELECT 1}\n",
+        (
+            3,
+            11,
+            None,
+            "persons_from[0].sql is not a valid URL (check the brackets around an IPv6 host)",
+        ),
+        id="persons-from-bad-url",
+    ),
+    pytest.param(
+        "version: 1\npersons_from:\n  - {sql: sqlite://hr.db, query: SELECT 1}\n",
+        (
+            3,
+            11,
+            None,
+            "persons_from[0].sql must be sqlite:///PATH: three slashes before a relative path, "
+            "four before an absolute one",
+        ),
+        id="persons-from-sqlite-slashes",
+    ),
+    pytest.param(
+        "version: 1\npersons_from:\n  - {sql: sqlite:///hr.db, query: SELECT 1, timeout: 1h}\n",
+        (
+            3,
+            54,
+            None,
+            "persons_from[0].timeout must be a duration above 0 and at most 10m, e.g. 30s or 500ms",
+        ),
+        id="persons-from-timeout",
+    ),
+    pytest.param(
+        "version: 1\npersons_from:\n  - {sql: sqlite:///hr.db, query: SELECT 1, tiemout: 5s}\n",
+        (3, 45, None, "unknown key 'tiemout' (did you mean 'timeout'?)"),
+        id="persons-from-unknown-key",
+    ),
+    pytest.param(
+        "version: 1\npersons_from: {sql: sqlite:///hr.db}\n",
+        (2, 15, None, "persons_from must be a list"),
+        id="persons-from-not-a-list",
     ),
     pytest.param(
         "",
@@ -747,6 +794,68 @@ def test_env_interpolation_at_any_depth_and_escape() -> None:
     }
     # never in persons
     assert loaded.desired.persons["1001"].remark == "${CMS_API_KEY}"
+
+
+def test_persons_from_is_declared_with_its_place_and_interpolated() -> None:
+    write(
+        "hr/10-people.yaml",
+        """\
+        version: 1
+        persons:
+          - {id: "1001", name: Ann}
+        """,
+    )
+    path = write(
+        "hr/20-sources.yaml",
+        """\
+        version: 1
+        persons_from:
+          - sql: ${HR_DATABASE_URL}
+            query: SELECT emp_no AS id, full_name AS name FROM employees WHERE note = '$${x}'
+          - {sql: "sqlite:///hr.db", query: SELECT 1, timeout: 500ms}
+          - {sql: "sqlite:////var/hr.db", query: SELECT 2, timeout: 2m}
+          - {sql: "postgres://h/d", query: SELECT 3, timeout: 7}
+        """,
+    ).parent
+    url = "postgresql://hr:hunter2@db/hr"
+    loaded = load(path, env={"HR_DATABASE_URL": url}, hasher=HASHER)
+    assert set(loaded.desired.persons) == {"1001"}
+    assert loaded.desired.digest == ""  # only once the sources' persons are merged in
+    first, *others = loaded.persons_from
+    assert (first.url, first.source, first.line, first.index) == (
+        url,
+        "hr/20-sources.yaml",
+        3,
+        0,
+    )
+    assert first.query.endswith("WHERE note = '${x}'")
+    assert first.timeout == 30.0
+    assert [(s.url, s.timeout, s.line, s.index) for s in others] == [
+        ("sqlite:///hr.db", 0.5, 5, 1),
+        ("sqlite:////var/hr.db", 120.0, 6, 2),
+        ("postgres://h/d", 7.0, 7, 3),
+    ]
+    assert "hunter2" not in repr(loaded.persons_from)
+
+
+def test_persons_from_problems_never_echo_the_url() -> None:
+    path = write(
+        "desired.yaml",
+        """\
+        version: 1
+        persons_from:
+          - {sql: "${HR_URL}", query: SELECT 1}
+          - {sql: 5, query: "${MISSING}"}
+        """,
+    )
+    problems = problems_of(path, env={"HR_URL": "mysql://hr:hunter2@db/hr"})
+    assert [str(p) for p in problems] == [
+        "desired.yaml:3:11: persons_from[0].sql must be a sqlite:///PATH or "
+        "postgresql://USER@HOST/DATABASE URL",
+        "desired.yaml:4:11: persons_from[1].sql must be a string: write the value in quotes",
+        "desired.yaml:4:21: environment variable MISSING is not set",
+        "desired.yaml:4:21: persons_from[1].query must not be empty",
+    ]
 
 
 def test_an_alias_shared_with_persons_is_not_interpolated() -> None:

@@ -1,0 +1,189 @@
+"""The store's contract, which every backend keeps (SQLite, PostgreSQL), and what they share.
+
+The ledger, attempts, target health, passes and the fingerprint key, plus the primitives of
+leadership: which replica owns a target (spread over replicas) and who writes it now (one at a
+time). Defines types and reads the packaged migrations; no other I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal, Protocol
+
+from reconciler.core.changes import Attempt
+from reconciler.core.planning import DepartmentEntry, LedgerEntry
+from reconciler.core.quarantine import Health
+
+#: Bytes of the key that makes fingerprints unguessable (a plain hash of a pin is the pin).
+KEY_BYTES = 32
+#: Pass records kept: about a week of passes at the default interval, bounded for years of
+#: unattended running.
+PASSES_KEPT = 10_000
+
+#: What a process using the store is: a daemon (`reconciler run`, counted as a replica) or a
+#: command (`apply`, `adopt`: it may write, but takes no share of the targets).
+Role = Literal["daemon", "command"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassRecord:
+    id: int
+    started_at: float
+    finished_at: float | None
+    mode: str
+    result: str | None
+    plan_fingerprint: str | None
+    summary: Mapping[str, Any] | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Holding:
+    """Who holds a target: the replica it is assigned to, and who is writing it right now."""
+
+    #: The daemon replica the target is assigned to; None: nobody (yet).
+    owner: str | None = None
+    #: Whoever holds its writer lock now (a replica in a pass, or `reconciler apply`).
+    writer: str | None = None
+
+
+def default_replica_id() -> str:
+    """hostname-pid: unique among live processes, readable in /status and in lock errors."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Store(Protocol):
+    """What the executor, the pass and the daemon need from a store."""
+
+    #: This process, as /status and lock errors name it.
+    replica: str
+    #: Whether several processes may share the store and spread its targets between them.
+    shared: bool
+
+    async def aclose(self) -> None: ...
+
+    # -- the ledger ---------------------------------------------------------------------------
+
+    async def ledger(self, target: str) -> dict[str, LedgerEntry]: ...
+
+    async def managed(self) -> dict[str, int]:
+        """Ledger entries per target: the persons reconciler owns on each."""
+        ...
+
+    async def mark_pending(self, target: str, person_ids: Iterable[str]) -> None:
+        """Write-ahead: these persons are about to be created; own them before sending."""
+        ...
+
+    async def adopt(self, target: str, remote_ids: Mapping[str, str | None]) -> None:
+        """Take persons found on a target into the ledger, pending, on an operator's request."""
+        ...
+
+    async def record(
+        self, target: str, applied: Sequence[LedgerEntry], deleted: Sequence[str] = ()
+    ) -> None:
+        """Confirmed outcomes, in one transaction: applied records and confirmed deletes."""
+        ...
+
+    async def forget(self, target: str, person_ids: Sequence[str]) -> None:
+        """Drop ledger rows of persons gone from both the target and the desired state."""
+        ...
+
+    async def departments(self, target: str) -> dict[str, DepartmentEntry]: ...
+
+    async def record_departments(
+        self, target: str, applied: Sequence[DepartmentEntry], deleted: Sequence[str] = ()
+    ) -> None: ...
+
+    # -- attempts, target health, passes ------------------------------------------------------
+
+    async def attempts(self, target: str) -> dict[str, Attempt]: ...
+
+    async def record_attempts(
+        self, target: str, failed: Sequence[Attempt], succeeded: Sequence[str] = ()
+    ) -> None: ...
+
+    async def health(self) -> dict[str, Health]: ...
+
+    async def record_health(self, target: str, health: Health) -> None: ...
+
+    async def begin_pass(self, mode: str) -> int: ...
+
+    async def finish_pass(
+        self,
+        pass_id: int,
+        *,
+        result: str,
+        plan_fingerprint: str | None,
+        summary: Mapping[str, Any],
+        error: str | None = None,
+    ) -> None: ...
+
+    async def passes(self, limit: int = 20) -> list[PassRecord]: ...
+
+    async def fingerprint_key(self) -> bytes:
+        """The installation's key for keyed fingerprints; made once, kept with the ledger."""
+        ...
+
+    # -- writers and leadership -----------------------------------------------------------------
+
+    def writer(
+        self, targets: Collection[str], *, wait: float = 0.0, partial: bool = False
+    ) -> AbstractAsyncContextManager[frozenset[str]]:
+        """The exclusive right to write these targets, yielding the ones obtained.
+
+        Waits up to `wait` seconds for targets someone else is writing, then raises StoreError
+        naming the holder; with `partial`, yields at once the targets that are free instead.
+        Re-entrant: targets an enclosing writer holds are kept, not taken again.
+        """
+        ...
+
+    async def join(self, role: Role) -> None:
+        """Register this process (a daemon becomes a replica); reconnects after a lost
+        connection, which dropped every lock this process held."""
+        ...
+
+    async def replicas(self) -> list[str]:
+        """The live daemon replicas, this one included once it has joined."""
+        ...
+
+    async def claim(self, target: str) -> bool:
+        """Become the target's owner if nobody is; True if this replica owns it now."""
+        ...
+
+    async def release(self, target: str) -> None:
+        """Stop owning a target (another replica may claim it)."""
+        ...
+
+    def owned(self) -> frozenset[str]:
+        """The targets this replica owns now (none after a lost connection)."""
+        ...
+
+    async def holders(self, targets: Collection[str]) -> dict[str, Holding]:
+        """Who owns and who writes each of these targets."""
+        ...
+
+
+def migrations(dialect: Literal["sqlite", "postgres"]) -> list[tuple[int, str]]:
+    """The schema migrations shipped in the package for a dialect, in order.
+
+    Version numbers count per dialect: the PostgreSQL schema has tables SQLite does not need.
+    """
+    folder = resources.files("reconciler.store") / "migrations"
+    if dialect == "postgres":
+        folder = folder / "postgres"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def statements(script: str) -> list[str]:
+    """Split a migration into statements (our migrations never put ';' inside literals)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -612,3 +612,35 @@ def test_law_a_cached_load_equals_a_parse(persons: list[dict[str, Any]], tmp_pat
     for person in cached.desired.persons.values():
         declared = expected.desired.persons[person.id]
         assert records.person_document(person) == records.person_document(declared)
+
+
+def test_persons_from_entries_are_read_from_the_environment_at_every_load() -> None:
+    path = write(
+        "desired.yaml",
+        """\
+        version: 1
+        persons:
+          - {id: "1", name: A}
+        persons_from:
+          - sql: ${HR_URL}
+            query: SELECT id, name FROM people
+            timeout: 30s
+        """,
+    )
+    env = {"HR_URL": "postgresql://hr:db-pw-5521@db/hr"}
+    plain = load(path, env=env, hasher=HASHER)
+    load_with(path, env)
+    cached = load_with(path, env)
+    assert cached.parsed == ()
+    assert cached.persons_from == plain.persons_from
+    assert [s.line for s in cached.persons_from] == [5]
+    assert not cached.complete
+    assert cached.desired.digest == ""
+    assert b"db-pw-5521" not in b"".join(p.read_bytes() for p in entries())
+    rotated = load_with(path, {"HR_URL": "sqlite:///hr.db"})
+    assert rotated.parsed == ()
+    assert rotated.persons_from[0].url == "sqlite:///hr.db"
+    # A value that is wrong only after interpolation is placed as without the cache.
+    assert problems(path, cached=True, env={"HR_URL": "mysql://x"}) == problems(
+        path, cached=False, env={"HR_URL": "mysql://x"}
+    )

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
@@ -166,6 +168,20 @@ class Store(Protocol):
     async def holders(self, targets: Collection[str]) -> dict[str, Holding]:
         """Who owns and who writes each of these targets."""
         ...
+
+
+def ledger_row(target: str, entry: LedgerEntry) -> tuple[Any, ...]:
+    """A ledger entry as both backends store it: (target, person_id, remote_id, fingerprint,
+    written, refs, applied_at), the mappings as sorted JSON text."""
+    return (
+        target,
+        entry.person_id,
+        entry.remote_id,
+        entry.fingerprint,
+        orjson.dumps(dict(entry.written), option=orjson.OPT_SORT_KEYS).decode(),
+        orjson.dumps(dict(entry.refs), option=orjson.OPT_SORT_KEYS).decode(),
+        entry.applied_at,
+    )
 
 
 def migrations(dialect: Literal["sqlite", "postgres"]) -> list[tuple[int, str]]:

@@ -213,18 +213,7 @@ class PostgresStore:
     ) -> None:
         if not applied and not deleted:
             return
-        upserts = [
-            (
-                target,
-                e.person_id,
-                e.remote_id,
-                e.fingerprint,
-                orjson.dumps(dict(e.written), option=orjson.OPT_SORT_KEYS).decode(),
-                orjson.dumps(dict(e.refs), option=orjson.OPT_SORT_KEYS).decode(),
-                e.applied_at,
-            )
-            for e in applied
-        ]
+        upserts = [base.ledger_row(target, e) for e in applied]
         async with self._cursor(write_for=target) as cur:
             if upserts:
                 await cur.executemany(

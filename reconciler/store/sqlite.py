@@ -145,18 +145,7 @@ class SqliteStore:
         """Confirmed outcomes, in one transaction: applied records and confirmed deletes."""
         if not applied and not deleted:
             return
-        upserts = [
-            (
-                target,
-                e.person_id,
-                e.remote_id,
-                e.fingerprint,
-                orjson.dumps(dict(e.written), option=orjson.OPT_SORT_KEYS).decode(),
-                orjson.dumps(dict(e.refs), option=orjson.OPT_SORT_KEYS).decode(),
-                e.applied_at,
-            )
-            for e in applied
-        ]
+        upserts = [base.ledger_row(target, e) for e in applied]
         removals = [(target, pid) for pid in deleted]
 
         def write(db: sqlite3.Connection) -> None:

@@ -105,6 +105,11 @@ class NebulaPassSimulator(Simulator):
         #: Calls of GET /v2/datasync/clear, which wipes the device: a client must never make one.
         self.dangerous_calls = 0
         self._tokens: dict[str, float] = {}
+        #: The listing's order (by create_at, then user_id), valid while `_ordered_at` matches:
+        #: paging a large device must not sort every user for every page.
+        self._ordered: list[str] = []
+        self._ordered_at: tuple[int, int] = (-1, -1)
+        self._generation = 0
 
     def add_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
         """Put a user on the device directly, as if enrolled at its own screen (for seeding)."""
@@ -112,6 +117,15 @@ class NebulaPassSimulator(Simulator):
         user = _blank(user_id, now) | fields
         self.users[user_id] = user
         return user
+
+    def edit_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
+        """Edit a stored user as if at the device's own screen: `update_at` moves, as on any
+        upsert (drift for a client, found through datasync/info)."""
+        return self._apply_single({**fields, "user_id": user_id})
+
+    def touched(self) -> None:
+        """Say that `users` was changed from outside the API (seeding), so listings re-sort."""
+        self._generation += 1
 
     def add_person(self, person_id: str, name: str) -> None:
         self.add_user(person_id, name=name)
@@ -208,15 +222,14 @@ class NebulaPassSimulator(Simulator):
     async def _clear(self, request: web.Request) -> web.Response:
         self.dangerous_calls += 1
         self.users.clear()
+        self.touched()
         return _envelope(None)
 
     async def _list(self, request: web.Request) -> web.Response:
         offset = _path_int(request, "offset", MAX_OFFSET)
         limit = _path_int(request, "limit", MAX_LIMIT)
-        ordered = sorted(
-            self.users.items(), key=lambda pair: (pair[1].get("create_at", 0), pair[0])
-        )
-        page = [user for _, user in ordered[offset : offset + limit]]
+        ordered = self._order()
+        page = [self.users[user_id] for user_id in ordered[offset : offset + limit]]
         return _envelope(
             {
                 "offset": offset,
@@ -226,6 +239,17 @@ class NebulaPassSimulator(Simulator):
                 "items": page,
             }
         )
+
+    def _order(self) -> list[str]:
+        """User ids in listing order; re-sorted only after a write (or a seeding) changed them.
+
+        Keyed by the count too, so a test that edits `users` directly is still seen."""
+        version = (self._generation, len(self.users))
+        if version != self._ordered_at:
+            users = self.users
+            self._ordered = sorted(users, key=lambda uid: (users[uid].get("create_at", 0), uid))
+            self._ordered_at = version
+        return self._ordered
 
     async def _get(self, request: web.Request) -> web.Response:
         return _envelope(self._stored(request.match_info["id"]))
@@ -250,6 +274,7 @@ class NebulaPassSimulator(Simulator):
         user_id = request.match_info["id"]
         self._stored(user_id)
         del self.users[user_id]
+        self.touched()
         return _envelope(None)
 
     async def _upsert_batch(self, request: web.Request) -> web.Response:
@@ -277,6 +302,7 @@ class NebulaPassSimulator(Simulator):
                 errors.append(_error_item(None, 400, "id must be a string"))
             elif self.users.pop(user_id, None) is None:
                 errors.append(_error_item(user_id, 404, "user not found"))
+        self.touched()
         return _envelope({"errors": errors})
 
     def _stored(self, user_id: str) -> dict[str, Any]:
@@ -302,6 +328,7 @@ class NebulaPassSimulator(Simulator):
             if len(self.users) >= self.max_users:
                 raise _Invalid(507, "user capacity reached")
             user = _blank(user_id, now) | changes
+            self.touched()  # a new user joins the listing's order
         else:
             if changes.get("type", existing.get("type")) != existing.get("type"):
                 raise _Invalid(409, "type cannot be changed")

@@ -91,7 +91,7 @@ class Bench:
         return measured
 
     def cli(self, folder: Path, *args: str) -> Measured:
-        env = {**os.environ, "RECONCILER_STATE_DIR": str(folder / "state")}
+        env = {**_with_root(os.environ), "RECONCILER_STATE_DIR": str(folder / "state")}
         measured = run_process(
             [sys.executable, "-m", "reconciler", "--log-format", "json", *args],
             log=self.log,

@@ -11,7 +11,7 @@ import binascii
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeGuard
+from typing import Any, ClassVar, Literal, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -47,6 +47,9 @@ MAX_VALID_MINUTES = 1440
 
 _IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG")
 
+#: How datasync/info answers: faithfully, or broken in one of two ways (a fault knob).
+Feed = Literal["ok", "no_update_at", "repeated_ids"]
+
 
 class _Invalid(Exception):
     """One user item refused: becomes an `errors[]` entry, or the answer of a single-user call."""
@@ -78,6 +81,8 @@ class NebulaPassSimulator(Simulator):
       `PUT /v1/user/id/{id}` follows the same rules; `user_id`/`type` in it must equal the stored.
     - `avatar` may lack base64 padding (the vendor's own examples do); it must decode to JPG or
       PNG bytes. `groups` are not checked against existing groups: there is no group API here.
+    - `feed` is a fault knob for `datasync/info`: "no_update_at" leaves update_at out of every
+      entry, "repeated_ids" lists every user twice (a feed a client must not trust).
     - `token_ttl` (seconds) overrides the login's `validTime`; `clock` times tokens only, while
       `create_at`/`update_at` are wall-clock milliseconds.
     """
@@ -92,9 +97,11 @@ class NebulaPassSimulator(Simulator):
         token_ttl: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_users: int = 100_000,
+        feed: Feed = "ok",
         faults: Faults | None = None,
     ) -> None:
         super().__init__(faults=faults)
+        self.feed: Feed = feed
         self.username = username
         self.password = password
         self.token_ttl = token_ttl
@@ -217,6 +224,11 @@ class NebulaPassSimulator(Simulator):
             {"id": user_id, "update_at": user.get("update_at", 0), "groups": user.get("groups", [])}
             for user_id, user in self.users.items()
         ]
+        if self.feed == "no_update_at":
+            for entry in users:
+                del entry["update_at"]
+        elif self.feed == "repeated_ids":
+            users += users
         return _envelope({"users": users, "groups": [], "rules": []})
 
     async def _clear(self, request: web.Request) -> web.Response:

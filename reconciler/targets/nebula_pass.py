@@ -153,6 +153,9 @@ def observed_record(user: Any, target: str) -> tuple[str, Record]:
 class NebulaPass(HttpTarget[Settings]):
     """A SenseNebula Pass terminal."""
 
+    #: Seconds after which the datasync feed is not trusted alone: a whole listing is read.
+    FULL_READ_EVERY = 3600.0
+
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
         super().__init__(
             name,
@@ -164,16 +167,88 @@ class NebulaPass(HttpTarget[Settings]):
         self._token: str | None = None
         self._token_expires = 0.0
         self._login_lock = asyncio.Lock()
+        #: The last snapshot and the update_at of each person in it (see observe()).
+        self._previous: tuple[Observed, dict[str, int]] | None = None
+        #: Ids datasync/info listed at the last read.
+        self._ids: set[str] = set()
+        self._full_read_at = 0.0
 
     # -- protocol ---------------------------------------------------------------------------
 
     async def observe(self) -> Observed:
+        """Everything on the device, read as cheaply as the datasync feed allows.
+
+        `/v2/datasync/info` lists every id with its `update_at`, which moves on every upsert.
+        The first read (and so every restart) pages through the whole listing; later reads
+        page-read only persons whose `update_at` moved or who are new, one GET each, and keep
+        everyone else from the previous read. What was read is remembered in this instance only,
+        for the daemon's lifetime. A feed that does not add up (no usable `update_at`, an id
+        twice, an answer for another id), more changed persons than a whole listing has pages,
+        or FULL_READ_EVERY elapsed, means a full read.
+        """
+        stamps = await self._stamps()
+        previous = self._previous
+        if (
+            stamps is not None
+            and previous is not None
+            and asyncio.get_running_loop().time() < self._full_read_at + self.FULL_READ_EVERY
+        ):
+            known, seen = previous
+            changed = sorted(pid for pid, at in stamps.items() if seen.get(pid) != at)
+            if not changed and len(known.persons) == len(stamps):
+                return known  # nothing moved: the same snapshot, unchanged
+            if len(changed) <= -(-len(stamps) // PAGE_LIMIT):
+                observed = await self._changed_since(known, stamps, changed)
+                if observed is not None:
+                    self._remember(observed, stamps)
+                    return observed
+        return await self._read_all(stamps)
+
+    async def _stamps(self) -> dict[str, int] | None:
+        """Every id on the device with its update_at; None when they cannot be trusted."""
         info = await self._call("GET", "/v2/datasync/info")
         users = info.get("users") if isinstance(info, dict) else None
         if not isinstance(users, list):
             raise PermanentTargetError(self.name, "malformed /v2/datasync/info: no users list")
-        ids = {str(u["id"]) for u in users if isinstance(u, dict) and "id" in u}
+        stamps: dict[str, int] = {}
+        usable = True
+        for user in users:
+            if not isinstance(user, dict) or "id" not in user:
+                usable = False
+                continue
+            at = user.get("update_at")
+            pid = str(user["id"])
+            if not isinstance(at, int) or isinstance(at, bool) or pid in stamps:
+                usable = False
+            stamps[pid] = at if isinstance(at, int) else -1
+        self._ids = set(stamps)
+        return stamps if usable else None
 
+    async def _changed_since(
+        self, known: Observed, stamps: dict[str, int], changed: list[str]
+    ) -> Observed | None:
+        """The previous snapshot with the changed persons read again and the gone dropped;
+        None when an answer does not fit the feed (then everything is read)."""
+        persons = {pid: seen for pid, seen in known.persons.items() if pid in stamps}
+
+        async def read(user_id: str) -> tuple[str, ObservedPerson | None]:
+            user = await self._call("GET", f"/v1/user/id/{user_id}", missing_ok=True)
+            if user is None:
+                return user_id, None
+            pid, record = observed_record(user, self.name)
+            return pid if pid == user_id else "", ObservedPerson(record=record)
+
+        async for user_id, seen in bounded(changed, read, self._settings.concurrency):
+            if not user_id:
+                return None
+            if seen is None:
+                persons.pop(user_id, None)  # deleted since the feed was read
+            else:
+                persons[user_id] = seen
+        return Observed(persons=persons)
+
+    async def _read_all(self, stamps: dict[str, int] | None) -> Observed:
+        """The whole listing, page by page; the feed's ids catch what paging missed."""
         first = await self._page(0)
         total = first.get("total")
         if not isinstance(total, int) or total < 0:
@@ -186,17 +261,32 @@ class NebulaPass(HttpTarget[Settings]):
 
         # The listing is offset-paged: a person added or removed while we paged shifts the
         # pages, so ids that datasync/info reports but the pages missed are read one by one.
-        missing = sorted(ids - persons.keys())
+        missing = sorted(self._ids - persons.keys())
         if len(missing) > MAX_SINGLE_READS:
             raise TemporaryTargetError(
                 self.name, f"the user list changed while it was read ({len(missing)} missed)"
             )
-        for user_id in missing:
-            user = await self._call("GET", f"/v1/user/id/{user_id}", missing_ok=True)
+
+        async def read(user_id: str) -> Any:
+            return await self._call("GET", f"/v1/user/id/{user_id}", missing_ok=True)
+
+        async for user in bounded(missing, read, self._settings.concurrency):
             if user is not None:
                 pid, record = observed_record(user, self.name)
                 persons[pid] = ObservedPerson(record=record)
-        return Observed(persons=dict(sorted(persons.items())))
+        observed = Observed(persons=persons)
+        self._full_read_at = asyncio.get_running_loop().time()
+        self._remember(observed, stamps)
+        return observed
+
+    def _remember(self, observed: Observed, stamps: dict[str, int] | None) -> None:
+        """Keep the snapshot and the update_at it was read at (read before the persons: a
+        person edited meanwhile looks changed next time, never the other way round)."""
+        if stamps is None:
+            self._previous = None
+            return
+        seen = {pid: stamps[pid] for pid in observed.persons if pid in stamps}
+        self._previous = (observed, seen)
 
     async def apply(
         self, changes: Sequence[Change], *, stop: asyncio.Event | None = None

@@ -7,8 +7,11 @@ the others. I/O through the app's targets and store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
-from collections.abc import Collection
+import weakref
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -19,6 +22,9 @@ from reconciler import executor
 from reconciler.app import App
 from reconciler.core import attempts, changes, planning, safety
 from reconciler.core.changes import Plan, TargetPlan
+from reconciler.core.persons import Desired
+from reconciler.core.planning import Observed
+from reconciler.core.records import Hasher
 from reconciler.errors import StoreError, TargetError
 from reconciler.executor import TargetReport
 from reconciler.targets.base import Target
@@ -51,6 +57,10 @@ async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool =
     """
     desired = app.desired.loaded.desired
 
+    # One target at a time reads its ledger and plans: planning is CPU-bound anyway, and so
+    # only one target's ledger is in memory at once.
+    planning_turn = asyncio.Lock()
+
     async def one(name: str, target: Target) -> TargetPlan:
         spec = target.spec
         try:
@@ -58,18 +68,8 @@ async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool =
         except TargetError as exc:
             log.error("target.unobservable", target=name, error=exc.message)
             return TargetPlan(target=name, kind=spec.kind.name, error=exc.message)
-        ledger = await app.store.ledger(name)
-        departments = await app.store.departments(name) if spec.kind.departments else None
-        computed = planning.compute(
-            desired,
-            spec,
-            observed,
-            ledger,
-            app.hasher,
-            only=only,
-            departments=departments,
-            now=time.time(),
-        )
+        async with planning_turn:
+            computed = await _compute(app, target, desired, observed, only)
         checked = safety.check(computed, target.settings.delete_limit, in_scope=computed.in_scope)
         if backoff and checked.changes:
             checked = attempts.defer(checked, await app.store.attempts(name), time.time())
@@ -83,6 +83,90 @@ async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool =
         fingerprint=changes.fingerprint(desired.digest, planned, app.hasher),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Computed:
+    """The plan last computed for a target, and what it was computed from."""
+
+    desired: Desired
+    observed: weakref.ref[Observed]
+    ledger: tuple[int, int]
+    only: frozenset[str] | None
+    hasher: Hasher
+    plan: TargetPlan
+
+
+#: Per target (as long as it lives): a pass whose inputs all equal the last one's reuses its plan
+#: instead of reading the ledger and planning again, which makes the daemon's common no-op pass
+#: cost about what reading the target costs.
+_last: weakref.WeakKeyDictionary[Target, _Computed] = weakref.WeakKeyDictionary()
+
+
+async def _compute(
+    app: App,
+    target: Target,
+    desired: Desired,
+    observed: Observed | None,
+    only: Collection[str] | None,
+) -> TargetPlan:
+    """planning.compute() for one target, or the last plan when nothing it depends on changed:
+    the same desired state, an equal observed snapshot (the very object, or the same digest),
+    the same ledger (by the store's version token). A kind that cannot list plans with the
+    clock (its re-push is due by time), so it is always computed."""
+    name, spec = target.spec.name, target.spec
+    scope = frozenset(only) if only is not None else None
+    version = await app.store.ledger_version(name) if observed is not None else None
+    last = _last.get(target)
+    if (
+        observed is not None
+        and last is not None
+        and last.desired is desired
+        and last.ledger == version
+        and last.only == scope
+        and last.hasher is app.hasher
+        and (
+            last.observed() is observed
+            or last.plan.observed_digest == planning.observed_digest(observed, app.hasher)
+        )
+    ):
+        return last.plan
+    ledger = await app.store.ledger(name)
+    departments = await app.store.departments(name) if spec.kind.departments else None
+    with _collector_paused():
+        computed = planning.compute(
+            desired,
+            spec,
+            observed,
+            ledger,
+            app.hasher,
+            only=only,
+            departments=departments,
+            now=time.time(),
+        )
+    if observed is not None and version is not None:
+        _last[target] = _Computed(
+            desired=desired,
+            observed=weakref.ref(observed),
+            ledger=version,
+            only=scope,
+            hasher=app.hasher,
+            plan=computed,
+        )
+    return computed
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Planning allocates a great many small objects and no cycles: a collection meanwhile
+    would only walk the whole (large) heap for nothing, again and again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def log_plan(plan: Plan, *, mode: str) -> None:

@@ -81,7 +81,7 @@ class ObservedPerson:
     remote_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, weakref_slot=True)
 class Observed:
     """Everything one target reports, keyed by our person id."""
 

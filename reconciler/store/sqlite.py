@@ -67,6 +67,8 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
         self._lock_file: int | None = None
+        #: Per target, how many times this store changed its ledger or department ledger.
+        self._ledger_writes: dict[str, int] = {}
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -94,19 +96,45 @@ class SqliteStore:
                 "WHERE target = ? ORDER BY person_id",
                 (target,),
             )
+            # Most rows repeat a few JSON texts (no photo, no refs): each is parsed once and
+            # shared, read-only, by the entries that carry it.
+            parsed: dict[str, Any] = {}
+
+            def loads(text: str) -> Any:
+                found = parsed.get(text)
+                if found is None:
+                    found = parsed[text] = orjson.loads(text)
+                return found
+
             return {
                 pid: LedgerEntry(
                     person_id=pid,
                     remote_id=remote_id,
                     fingerprint=fp,
-                    written=orjson.loads(written),
-                    refs=orjson.loads(refs),
+                    written=loads(written),
+                    refs=loads(refs),
                     applied_at=applied_at,
                 )
                 for pid, remote_id, fp, written, refs, applied_at in rows
             }
 
         return await self._with_db(read)
+
+    async def ledger_version(self, target: str) -> tuple[int, int]:
+        """A token that changes whenever the target's ledger or department ledger may have
+        changed: this store's own writes are counted as they are handed to its one worker
+        thread (which runs everything in order, so a read handed over later sees them), any
+        other connection's are seen through SQLite's data_version. Equal tokens: equal ledgers.
+        """
+
+        def read(db: sqlite3.Connection) -> int:
+            version: int = db.execute("PRAGMA data_version").fetchone()[0]
+            return version
+
+        return await self._with_db(read), self._ledger_writes.get(target, 0)
+
+    def _ledger_changed(self, target: str) -> None:
+        self._ledger_writes[target] = self._ledger_writes.get(target, 0) + 1
 
     async def managed(self) -> dict[str, int]:
         """Ledger entries per target: the persons reconciler owns on each."""
@@ -121,6 +149,7 @@ class SqliteStore:
         now = time.time()
         rows = [(target, pid, now) for pid in person_ids]
         if rows:
+            self._ledger_changed(target)
             await self._transaction(
                 lambda db: db.executemany(
                     "INSERT INTO ledger (target, person_id, applied_at) VALUES (?, ?, ?) "
@@ -138,6 +167,7 @@ class SqliteStore:
         now = time.time()
         rows = [(target, pid, remote_id, now) for pid, remote_id in remote_ids.items()]
         if rows:
+            self._ledger_changed(target)
             await self._transaction(
                 lambda db: db.executemany(
                     "INSERT INTO ledger (target, person_id, remote_id, applied_at) "
@@ -178,6 +208,7 @@ class SqliteStore:
             )
             db.executemany("DELETE FROM ledger WHERE target = ? AND person_id = ?", removals)
 
+        self._ledger_changed(target)
         await self._transaction(write)
 
     async def forget(self, target: str, person_ids: Sequence[str]) -> None:
@@ -225,6 +256,7 @@ class SqliteStore:
                 "DELETE FROM department_ledger WHERE target = ? AND department_id = ?", removals
             )
 
+        self._ledger_changed(target)
         await self._transaction(write)
 
     # -- attempts -------------------------------------------------------------------------

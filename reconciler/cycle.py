@@ -131,6 +131,19 @@ async def _compute(
         )
     ):
         return last.plan
+    baseline = None
+    if (
+        observed is not None
+        and last is not None
+        and last.ledger == version
+        and last.only == scope
+        and last.hasher is app.hasher
+    ):
+        previous = last.observed()
+        if previous is not None:
+            # Only part changed (a new desired state, some persons read again): whoever the
+            # last plan left alone and is declared and seen as then needs no look.
+            baseline = planning.Baseline(desired=last.desired, observed=previous, plan=last.plan)
     ledger = await app.store.ledger(name)
     departments = await app.store.departments(name) if spec.kind.departments else None
     with _collector_paused():
@@ -143,6 +156,7 @@ async def _compute(
             only=only,
             departments=departments,
             now=time.time(),
+            baseline=baseline,
         )
     if observed is not None and version is not None:
         _last[target] = _Computed(

@@ -9,7 +9,8 @@ applied (the way kubectl keeps last-applied configuration). Pure.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+import operator
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -45,6 +46,10 @@ class Select:
     groups: frozenset[str] | None = None
     #: Every one of these labels must match.
     labels: Mapping[str, str] | None = None
+
+    @property
+    def everyone(self) -> bool:
+        return self.types is None and self.groups is None and self.labels is None
 
     def matches(self, person: Person) -> bool:
         if self.types is not None and person.type not in self.types:
@@ -118,6 +123,31 @@ class DepartmentEntry:
     applied_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Baseline:
+    """The last plan of a target, with the desired state and snapshot it was computed from.
+
+    Valid for a compute() with the same spec, hasher, `only` and an unchanged ledger (the caller
+    vouches for those): a person the plan left alone, declared alike and observed as the very
+    same object as then, is still in sync and needs no look.
+    """
+
+    desired: Desired
+    observed: Observed
+    plan: TargetPlan
+
+    def settled(self) -> frozenset[str]:
+        """Persons the plan did not leave alone: everyone else was in sync."""
+        plan = self.plan
+        return frozenset(
+            [c.person_id for c in plan.changes]
+            + [i.person_id for i in plan.invalid]
+            + [r.person_id for r in plan.refresh]
+            + list(plan.foreign)
+            + list(plan.forget)
+        )
+
+
 def observed_digest(observed: Observed, hasher: Hasher) -> str:
     """Keyed digest of a target's observed persons: any change on the target changes it."""
     return hasher.digest(
@@ -142,6 +172,7 @@ def compute(
     only: Collection[str] | None = None,
     departments: Mapping[str, DepartmentEntry] | None = None,
     now: float | None = None,
+    baseline: Baseline | None = None,
 ) -> TargetPlan:
     """The plan for one target. `observed` is None for a kind that cannot list.
 
@@ -149,10 +180,20 @@ def compute(
     (foreign), even when its id matches a desired person (adoption is an explicit act).
     `departments` is the department ledger of a kind with departments; `now` (epoch seconds)
     decides which entries of a kind that cannot be read are due for their periodic re-push.
+    `baseline`, the last plan under the same ledger, spares a look at whoever it settled: the
+    plan is the same as without it, only cheaper.
     """
     kind = spec.kind
-    scoped = [pid for pid, person in desired.persons.items() if spec.select.matches(person)]
-    wanted = {pid: desired.persons[pid] for pid in scoped if only is None or pid in only}
+    persons = desired.persons
+    if spec.select.everyone:
+        scoped: Collection[str] = persons
+    else:
+        scoped = [pid for pid, person in persons.items() if spec.select.matches(person)]
+    wanted = (
+        persons
+        if only is None and scoped is persons
+        else {pid: persons[pid] for pid in scoped if only is None or pid in only}
+    )
     upserts: list[Change] = []
     invalid: list[Invalid] = []
     foreign: set[str] = set()
@@ -163,10 +204,32 @@ def compute(
         if observed is None and now is not None and spec.resync_every is not None
         else None
     )
+    seen_now = observed.persons if observed is not None else {}
+    # What the baseline settles: the persons it left alone, as declared and seen then.
+    if (
+        baseline is not None
+        and observed is not None
+        and baseline.desired.departments == desired.departments
+    ):
+        before, seen_before = baseline.desired.persons, baseline.observed.persons
+        unsettled = baseline.settled()
+    else:
+        before, seen_before, unsettled = {}, {}, frozenset()
+    matches = _matcher(kind)
 
     # Sorted here, not trusted from the caller: the plan's order is part of its identity.
     for pid in sorted(wanted):
         person = wanted[pid]
+        seen = seen_now.get(pid)
+        was = before.get(pid)
+        if (
+            was is not None
+            and (was is person or was == person)
+            and seen is not None
+            and seen_before.get(pid) is seen
+            and pid not in unsettled
+        ):
+            continue  # in sync then, and nothing it depends on changed since
         rendered = spec.render(person)
         if isinstance(rendered, Invalid):
             invalid.append(rendered)
@@ -185,7 +248,6 @@ def compute(
                 continue
         fp = hasher.digest(record)
         entry = ledger.get(pid)
-        seen = None if observed is None else observed.persons.get(pid)
 
         if observed is not None and seen is None:
             reason = Reason.DRIFT if entry is not None and not entry.pending else Reason.NEW
@@ -199,7 +261,7 @@ def compute(
             else:
                 foreign.add(pid)
             continue
-        if entry.fingerprint == fp and (seen is None or _projection(record, kind) == seen.record):
+        if entry.fingerprint == fp and (seen is None or matches(record, seen.record)):
             if resync_before is not None and entry.applied_at <= resync_before:
                 change = _upsert(
                     Action.UPDATE, Reason.DRIFT, person, record, fp, entry, kind, hasher
@@ -285,7 +347,11 @@ def compute(
         foreign=tuple(sorted(foreign)),
         forget=tuple(forget),
         refresh=tuple(refresh),
-        observed_digest=None if observed is None else observed_digest(observed, hasher),
+        observed_digest=None
+        if observed is None
+        else baseline.plan.observed_digest
+        if baseline is not None and baseline.observed is observed
+        else observed_digest(observed, hasher),
         suspended=spec.suspended,
         managed=len(ledger),
         in_scope=len(scoped),
@@ -370,6 +436,26 @@ def _ledger_fields(kind: KindSpec) -> frozenset[str]:
 
 def _projection(record: Record, kind: KindSpec) -> dict[str, object]:
     return {name: record[name] for name in kind.fields if name in kind.observable}
+
+
+def _matcher(kind: KindSpec) -> Callable[[Record, Record], bool]:
+    """`_projection(record, kind) == seen`, without building the projection: the seen record
+    has exactly the observable fields, with equal values."""
+    names = [name for name in kind.fields if name in kind.observable]
+    count = len(names)
+    if count == 0:
+        return lambda record, seen: not seen
+    pick = operator.itemgetter(*names)
+
+    def matches(record: Record, seen: Record) -> bool:
+        if len(seen) != count:
+            return False
+        try:
+            return bool(pick(record) == pick(seen))
+        except KeyError:
+            return False
+
+    return matches
 
 
 def _field_changes(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -74,12 +74,20 @@ class Hasher:
     """
 
     key: bytes
+    #: The keyed state before any data: copying it is cheaper than keying anew per digest.
+    _keyed: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_keyed", hashlib.blake2b(key=self.key, digest_size=16))
 
     def digest(self, value: Any) -> str:
-        return hashlib.blake2b(canonical(value), key=self.key, digest_size=16).hexdigest()
+        return self.digest_bytes(canonical(value))
 
     def digest_bytes(self, data: bytes) -> str:
-        return hashlib.blake2b(data, key=self.key, digest_size=16).hexdigest()
+        state = self._keyed.copy()
+        state.update(data)
+        digest: str = state.hexdigest()
+        return digest
 
 
 def person_document(person: Person) -> dict[str, Any]:

@@ -94,8 +94,9 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
             person_id=person.id,
             error=f"type {person.type.value} is not supported by {NAME} ({supported})",
         )
-    if len(person.id.encode()) > 128:
+    if _over(person.id, 128):
         return Invalid(person_id=person.id, error=f"id is longer than {NAME}'s 128 bytes")
+    group_map = settings.group_map
     record: dict[str, Any] = {
         "name": person.name,
         "type": code,
@@ -105,13 +106,15 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
         "pin": person.pin,
         "guest_time_start": _millis(person.valid_from),
         "guest_time_end": _millis(person.valid_until),
-        "groups": sorted({settings.group_map.get(g, g) for g in person.groups}),
+        "groups": sorted(
+            {group_map.get(g, g) for g in person.groups} if group_map else set(person.groups)
+        ),
         "is_admin": person.admin,
         "remark": person.remark,
         "avatar": person.photo.digest if person.photo else "",
     }
     for field, limit in BYTE_LIMITS.items():
-        if len(record[field].encode()) > limit:
+        if _over(record[field], limit):
             shown = "a sensitive field" if field in KIND.sensitive else field
             return Invalid(
                 person_id=person.id,
@@ -514,6 +517,11 @@ class NebulaPass(HttpTarget[Settings]):
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _over(text: str, limit: int) -> bool:
+    """Longer than `limit` bytes in UTF-8 (encoded only when it could be: 4 bytes a character)."""
+    return len(text) * 4 > limit and len(text.encode()) > limit
 
 
 def _optional_int(value: Any) -> int | None:

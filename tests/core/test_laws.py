@@ -7,6 +7,7 @@ inputs give the same plan and fingerprint, whatever order they came in.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from hypothesis import given, settings
@@ -127,3 +128,39 @@ def test_same_inputs_in_any_order_give_the_same_plan_and_fingerprint(
     assert ids == sorted(ids)
     deletes = [c.person_id for c in first.changes if c.action is Action.DELETE]
     assert deletes == sorted(deletes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(situations(), situations(), st.randoms(use_true_random=False))
+def test_a_baseline_never_changes_the_plan(
+    before: tuple[Desired, Observed, dict[str, LedgerEntry]],
+    other: tuple[Desired, Observed, dict[str, LedgerEntry]],
+    chooser: random.Random,
+) -> None:
+    """The last plan spares looks, never changes an outcome: whatever changed since (persons
+    edited, added, removed or reloaded as equal copies; persons read again, or gone), under the
+    same ledger the plan is the one computed from scratch."""
+    desired, observed, ledger = before
+    last = planning.compute(desired, SPEC, observed, ledger, HASHER)
+
+    persons: dict[str, Person] = {}
+    for pid in sorted(set(desired.persons) | set(other[0].persons)):
+        mine, theirs = desired.persons.get(pid), other[0].persons.get(pid)
+        pick = chooser.choice([mine, theirs, dataclasses.replace(mine) if mine else None])
+        if pick is not None:
+            persons[pid] = pick
+    seen: dict[str, ObservedPerson] = {}
+    for pid in sorted(set(observed.persons) | set(other[1].persons)):
+        mine_seen, theirs_seen = observed.persons.get(pid), other[1].persons.get(pid)
+        copy = ObservedPerson(record=dict(mine_seen.record)) if mine_seen else None
+        pick_seen = chooser.choice([mine_seen, theirs_seen, copy])
+        if pick_seen is not None:
+            seen[pid] = pick_seen
+    now_desired = Desired(persons=persons)
+    now_observed = Observed(persons=seen)
+
+    baseline = planning.Baseline(desired=desired, observed=observed, plan=last)
+    spared = planning.compute(now_desired, SPEC, now_observed, ledger, HASHER, baseline=baseline)
+    assert spared == planning.compute(now_desired, SPEC, now_observed, ledger, HASHER)
+    # The very same inputs: the very same plan.
+    assert planning.compute(desired, SPEC, observed, ledger, HASHER, baseline=baseline) == last

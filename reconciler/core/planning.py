@@ -13,6 +13,7 @@ import operator
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from reconciler.core import diffs
 from reconciler.core.changes import (
@@ -25,7 +26,7 @@ from reconciler.core.changes import (
     TargetPlan,
 )
 from reconciler.core.persons import Department, Desired, Person, PersonType
-from reconciler.core.records import Hasher, Invalid, KindSpec, Record, Render
+from reconciler.core.records import Compact, Hasher, Invalid, KindSpec, Record, Render
 
 
 class Prune(StrEnum):
@@ -79,11 +80,18 @@ class TargetSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ObservedPerson:
-    """One person as a target reports it: observable fields only, in canonical form."""
+    """One person as a target reports it: observable fields only, in canonical form.
+
+    The record is kept as a records.Compact (read-only, a fraction of a dict's size).
+    """
 
     record: Record
     #: The target's own id for this person, when it has one (siteserver's integer id).
     remote_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.record, Compact):
+            object.__setattr__(self, "record", Compact(self.record))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, weakref_slot=True)
@@ -150,11 +158,9 @@ class Baseline:
 
 def observed_digest(observed: Observed, hasher: Hasher) -> str:
     """Keyed digest of a target's observed persons: any change on the target changes it."""
+    persons = observed.persons
     return hasher.digest(
-        [
-            [pid, observed.persons[pid].remote_id, observed.persons[pid].record]
-            for pid in sorted(observed.persons)
-        ]
+        [[pid, persons[pid].remote_id, persons[pid].record] for pid in sorted(persons)]
     )
 
 
@@ -441,21 +447,41 @@ def _projection(record: Record, kind: KindSpec) -> dict[str, object]:
 def _matcher(kind: KindSpec) -> Callable[[Record, Record], bool]:
     """`_projection(record, kind) == seen`, without building the projection: the seen record
     has exactly the observable fields, with equal values."""
-    names = [name for name in kind.fields if name in kind.observable]
+    names = frozenset(name for name in kind.fields if name in kind.observable)
     count = len(names)
     if count == 0:
         return lambda record, seen: not seen
-    pick = operator.itemgetter(*names)
+    # Per shape of compact record (its key tuple): what picks the same fields from a record
+    # in the same order; None for a shape that is not the observable fields.
+    picks: dict[tuple[str, ...], Callable[[Record], Any] | None] = {}
+    pick_all = _picker(tuple(names))
 
     def matches(record: Record, seen: Record) -> bool:
         if len(seen) != count:
             return False
         try:
-            return bool(pick(record) == pick(seen))
+            if isinstance(seen, Compact):
+                shape = seen.keys_tuple
+                pick = picks.get(shape, _UNSEEN)
+                if pick is _UNSEEN:
+                    pick = picks[shape] = _picker(shape) if set(shape) == names else None
+                return pick is not None and bool(pick(record) == seen.values_tuple)
+            return bool(pick_all(record) == pick_all(seen))
         except KeyError:
             return False
 
     return matches
+
+
+_UNSEEN: Any = object()
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[Record], tuple[Any, ...]]:
+    """Values of these fields as a tuple, in this order (itemgetter, always a tuple)."""
+    if len(names) == 1:
+        only = names[0]
+        return lambda record: (record[only],)
+    return operator.itemgetter(*names)
 
 
 def _field_changes(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from pydantic import Field, SecretStr
 from reconciler.core.changes import Action, Change
 from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
-from reconciler.core.records import Invalid, KindSpec, Record
+from reconciler.core.records import Invalid, KindSpec, Record, shared
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
 from reconciler.targets.base import Outcome, TargetSettings, bounded, chunks
 from reconciler.targets.http import Backoff, HttpTarget, Response
@@ -133,18 +134,21 @@ def observed_record(user: Any, target: str) -> tuple[str, Record]:
         raise PermanentTargetError(target, f"malformed user in listing: {str(user)[:120]!r}")
     try:
         groups = user.get("groups") or []
+        get = user.get
+        # Texts interned and group lists shared: a daemon keeps every target's records, and
+        # terminals mostly report the same persons alike.
         record = {
-            "name": _text(user.get("name")),
-            "type": int(user.get("type") or 1),
-            "ic_number": _text(user.get("ic_number")),
-            "id_number": _text(user.get("id_number")),
-            "job_number": _text(user.get("job_number")),
-            "pin": _text(user.get("pin")),
-            "guest_time_start": _optional_int(user.get("guest_time_start")),
-            "guest_time_end": _optional_int(user.get("guest_time_end")),
-            "groups": sorted(str(g) for g in groups),
-            "is_admin": bool(user.get("is_admin")),
-            "remark": _text(user.get("remark")),
+            "name": _kept(get("name")),
+            "type": int(get("type") or 1),
+            "ic_number": _kept(get("ic_number")),
+            "id_number": _kept(get("id_number")),
+            "job_number": _kept(get("job_number")),
+            "pin": _kept(get("pin")),
+            "guest_time_start": _optional_int(get("guest_time_start")),
+            "guest_time_end": _optional_int(get("guest_time_end")),
+            "groups": shared(sorted(str(g) for g in groups)) if groups else [],
+            "is_admin": bool(get("is_admin")),
+            "remark": _kept(get("remark")),
         }
     except (TypeError, ValueError) as exc:
         raise PermanentTargetError(
@@ -517,6 +521,11 @@ class NebulaPass(HttpTarget[Settings]):
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _kept(value: Any) -> str:
+    """A text from a listing, interned: equal texts of many records share one object."""
+    return "" if value is None else sys.intern(str(value))
 
 
 def _over(text: str, limit: int) -> bool:

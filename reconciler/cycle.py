@@ -201,8 +201,9 @@ def log_plan(plan: Plan, *, mode: str) -> None:
                 target=target_plan.target,
                 **changes.department_document(department),
             )
+        target_log = log.bind(target=target_plan.target)  # one lookup, a line per change
         for change in target_plan.changes:
-            log.info("change.planned", target=target_plan.target, **changes.change_document(change))
+            target_log.info("change.planned", **changes.change_document(change))
         if target_plan.held:
             log.warning(
                 "plan.held",

@@ -345,8 +345,17 @@ class NebulaPass(HttpTarget[Settings]):
         return any(f.field == "avatar" for f in change.fields)
 
     async def _upsert(self, batch: list[Change]) -> list[Outcome]:
+        reads_photos = any(
+            c.person is not None and c.person.photo is not None and self._sends_avatar(c)
+            for c in batch
+        )
         try:
-            items = await asyncio.to_thread(self._wire_items, batch)
+            # Photo files are read off the event loop; a batch without any is built here.
+            items = (
+                await asyncio.to_thread(self._wire_items, batch)
+                if reads_photos
+                else self._wire_items(batch)
+            )
         except OSError as exc:
             return [
                 Outcome(change=c, ok=False, error=f"photo could not be read: {exc.strerror}")

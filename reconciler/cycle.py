@@ -76,7 +76,10 @@ async def plan(app: App, *, only: Collection[str] | None = None, backoff: bool =
         return checked
 
     names = sorted(app.targets)
-    planned = await asyncio.gather(*(one(name, app.targets[name]) for name in names))
+    # Reading targets and planning build a great many objects that live on (the snapshots);
+    # collections meanwhile would walk the whole heap again and again for nothing.
+    with _collector_paused():
+        planned = await asyncio.gather(*(one(name, app.targets[name]) for name in names))
     return Plan(
         desired_digest=desired.digest,
         targets={p.target: p for p in planned},
@@ -172,8 +175,8 @@ async def _compute(
 
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Planning allocates a great many small objects and no cycles: a collection meanwhile
-    would only walk the whole (large) heap for nothing, again and again."""
+    """The cyclic collector off for a while (nested uses keep it off): for work that allocates
+    a great many objects that stay, where collections would walk the whole heap for nothing."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -45,6 +45,17 @@ class Compact(Mapping[str, Any]):
         self._keys = shared
         self._values = tuple(record.values())
 
+    @classmethod
+    def shaped(cls, keys: tuple[str, ...], values: tuple[Any, ...]) -> Compact:
+        """A record from its values in the order of `keys` (a tuple the caller keeps and
+        reuses for every record of this shape), without building a dict first."""
+        if len(keys) != len(values):
+            raise ValueError(f"{len(values)} values for {len(keys)} keys")
+        made = cls.__new__(cls)
+        made._keys = keys
+        made._values = values
+        return made
+
     @property
     def keys_tuple(self) -> tuple[str, ...]:
         """The keys in their order, the same object for every record of this shape."""

@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr
 from reconciler.core.changes import Action, Change
 from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
-from reconciler.core.records import Invalid, KindSpec, Record, shared
+from reconciler.core.records import Compact, Invalid, KindSpec, Record, shared
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
 from reconciler.targets.base import Outcome, TargetSettings, bounded, chunks
 from reconciler.targets.http import Backoff, HttpTarget, Response
@@ -128,33 +128,49 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
     return record
 
 
+#: The fields of an observed record, in this order (KIND.observable).
+OBSERVED = (
+    "name",
+    "type",
+    "ic_number",
+    "id_number",
+    "job_number",
+    "pin",
+    "guest_time_start",
+    "guest_time_end",
+    "groups",
+    "is_admin",
+    "remark",
+)
+
+
 def observed_record(user: Any, target: str) -> tuple[str, Record]:
-    """A listed user in canonical form; anything malformed is an error of the target."""
-    if not isinstance(user, dict) or not isinstance(user.get("user_id"), str | int):
+    """A listed user in canonical form; anything malformed is an error of the target.
+
+    Texts are interned and group lists shared: a daemon keeps every target's records, and
+    terminals mostly report the same persons alike."""
+    user_id = user.get("user_id") if isinstance(user, dict) else None
+    if not isinstance(user_id, str | int):
         raise PermanentTargetError(target, f"malformed user in listing: {str(user)[:120]!r}")
+    get = user.get
     try:
-        groups = user.get("groups") or []
-        get = user.get
-        # Texts interned and group lists shared: a daemon keeps every target's records, and
-        # terminals mostly report the same persons alike.
-        record = {
-            "name": _kept(get("name")),
-            "type": int(get("type") or 1),
-            "ic_number": _kept(get("ic_number")),
-            "id_number": _kept(get("id_number")),
-            "job_number": _kept(get("job_number")),
-            "pin": _kept(get("pin")),
-            "guest_time_start": _optional_int(get("guest_time_start")),
-            "guest_time_end": _optional_int(get("guest_time_end")),
-            "groups": shared(sorted(str(g) for g in groups)) if groups else [],
-            "is_admin": bool(get("is_admin")),
-            "remark": _kept(get("remark")),
-        }
+        groups = get("groups")
+        values = (
+            _kept(get("name")),
+            int(get("type") or 1),
+            _kept(get("ic_number")),
+            _kept(get("id_number")),
+            _kept(get("job_number")),
+            _kept(get("pin")),
+            _optional_int(get("guest_time_start")),
+            _optional_int(get("guest_time_end")),
+            shared(sorted(map(str, groups))) if groups else [],
+            bool(get("is_admin")),
+            _kept(get("remark")),
+        )
     except (TypeError, ValueError) as exc:
-        raise PermanentTargetError(
-            target, f"malformed user {user.get('user_id')} in listing: {exc}"
-        ) from exc
-    return str(user["user_id"]), record
+        raise PermanentTargetError(target, f"malformed user {user_id} in listing: {exc}") from exc
+    return str(user_id), Compact.shaped(OBSERVED, values)
 
 
 class NebulaPass(HttpTarget[Settings]):
@@ -534,6 +550,8 @@ def _text(value: Any) -> str:
 
 def _kept(value: Any) -> str:
     """A text from a listing, interned: equal texts of many records share one object."""
+    if type(value) is str:
+        return sys.intern(value)
     return "" if value is None else sys.intern(str(value))
 
 

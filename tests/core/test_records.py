@@ -53,3 +53,12 @@ def test_equal_lists_are_shared_and_others_are_not() -> None:
     assert shared(["lab"]) is not first
     unhashable: list[Any] = [["nested"]]
     assert shared(unhashable) is unhashable
+
+
+def test_a_record_built_from_its_values_is_the_same_record() -> None:
+    keys = tuple(RECORD)
+    built = Compact.shaped(keys, tuple(RECORD.values()))
+    assert built == Compact(RECORD) == RECORD
+    assert built.keys_tuple is keys
+    with pytest.raises(ValueError, match="2 values for 5 keys"):
+        Compact.shaped(keys, ("a", "b"))

@@ -237,6 +237,36 @@ class Bench:
             )
             found[kind] = calls
 
+    # -- throughput when every person is one call ----------------------------------------------
+
+    def throughput(self, persons: int) -> None:
+        """A first sync of a sophon_fog box (no batch API: one POST per person) answering every
+        request LATENCY late."""
+        index, urls = self.host.start("sophon_fog", 1, persons)
+        state = self.workdir / f"throughput-{persons}"
+        targets = {"box": target_values("sophon_fog", urls[0])}
+        self.host.latency(LATENCY, [index])
+        self.host.clear([index])
+        ran = self.worker(
+            {
+                "job": "passes",
+                "state": str(state),
+                "size": persons,
+                "targets": targets,
+                "phases": [{"label": "sync", "version": 0}],
+            }
+        )
+        sync = ran.result["sync"][0]
+        writes = self.host.stats([index])["writes"]
+        _check(sync["applied"] == persons and writes == persons, f"throughput sync: {sync}")
+        self.results["throughput"] = {
+            "kind": "sophon_fog",
+            "persons": persons,
+            "calls": writes,
+            "apply": sync["apply"],
+            "rate": writes / sync["apply"],
+        }
+
     # -- many targets ---------------------------------------------------------------------------
 
     def scale(self, targets: int, size: int) -> None:
@@ -339,6 +369,11 @@ def table(results: Mapping[str, Any]) -> str:
     largest = sizes[-1] if sizes else None
     rows: list[tuple[str, list[str], str, str]] = []
 
+    def placed(size: int, text: str) -> list[str]:
+        """A figure in the column of its size (the first column when it has none)."""
+        column = sizes.index(str(size)) if str(size) in sizes else 0
+        return [text if n == column else "" for n in range(len(sizes))]
+
     def per_size(
         label: str,
         cell: Callable[[Mapping[str, Any]], str],
@@ -398,7 +433,8 @@ def table(results: Mapping[str, Any]) -> str:
         lambda r: r["apply_calls"] == r["first_sync_minimum"],
     )
     per_size(
-        f"apply throughput, {LATENCY * 1000:.0f} ms latency, concurrency 4: calls/s (persons/s)",
+        f"apply throughput, {LATENCY * 1000:.0f} ms latency, concurrency 4, 100 persons per call "
+        "(nebula_pass first sync): calls/s (persons/s)",
         lambda r: (
             f"{r['apply_rate']:.0f} ({r['apply_persons_rate']:.0f}) = "
             f"{r['apply_rate'] / (4 / LATENCY):.0%}"
@@ -406,6 +442,18 @@ def table(results: Mapping[str, Any]) -> str:
         f"≥ 90 % of {4 / LATENCY:.0f} calls/s",
         lambda r: r["apply_rate"] >= 0.9 * 4 / LATENCY,
     )
+    throughput = results.get("throughput")
+    if throughput is not None:
+        rate = throughput["rate"]
+        rows.append(
+            (
+                f"apply throughput, {LATENCY * 1000:.0f} ms latency, concurrency 4, one call per "
+                f"person ({throughput['kind']}, {throughput['persons']:,} creates): calls/s",
+                placed(throughput["persons"], f"{rate:.0f} = {rate / (4 / LATENCY):.0%}"),
+                f"≥ 90 % of {4 / LATENCY:.0f} calls/s",
+                "yes" if rate >= 0.9 * 4 / LATENCY else "**no**",
+            )
+        )
     per_size("peak RSS of the daemon process, one target", lambda r: f"{r['daemon_mib']:.0f} MiB")
     per_size(
         "peer: naive full push, write calls (ours / theirs)",
@@ -419,11 +467,6 @@ def table(results: Mapping[str, Any]) -> str:
         "ours ≥ 30x faster",
         lambda r: r["deepdiff_plan"] >= 30 * r["change_plan"],
     )
-
-    def placed(size: int, text: str) -> list[str]:
-        """A figure in the column of its size (the first column when it has none)."""
-        column = sizes.index(str(size)) if str(size) in sizes else 0
-        return [text if n == column else "" for n in range(len(sizes))]
 
     for size_label, found in sorted(results.get("kinds", {}).items(), key=lambda i: int(i[0])):
         for kind, calls in found.items():
@@ -495,6 +538,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "100000 persons are measured, else none; '' skips)",
     )
     parser.add_argument(
+        "--throughput",
+        type=int,
+        default=1000,
+        help="persons of the one-call-per-person throughput run (0 skips)",
+    )
+    parser.add_argument(
         "--workdir", type=Path, help="keep the work files here (default: temporary)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -513,6 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for size in sizes:
             print(f"… {size:,} persons", file=sys.stderr, flush=True)
             bench.size(size)
+        if args.throughput:
+            print(f"… throughput, {args.throughput:,} calls", file=sys.stderr, flush=True)
+            bench.throughput(args.throughput)
         for size in kinds_at:
             print(f"… every kind at {size:,} persons", file=sys.stderr, flush=True)
             bench.kinds(size)

@@ -46,6 +46,8 @@ def test_the_harness_runs_end_to_end_and_prints_one_table(
             str(SIZE),
             "--scale",
             f"3x{SIZE}",
+            "--throughput",
+            "20",
             "--workdir",
             str(tmp_path / "work"),
             "--json",
@@ -72,6 +74,7 @@ def test_the_harness_runs_end_to_end_and_prints_one_table(
         for phase, entry in calls.items():
             assert entry["writes"] == entry["minimum"], (kind, phase, entry)
         assert calls["noop"]["writes"] == 0
+    assert found["throughput"]["calls"] == found["throughput"]["persons"] == 20
     scale = found["scale"][f"3x{SIZE}"]
     assert scale["writes"] == scale["changes"] == 0
     assert scale["errors"] == []
@@ -81,5 +84,13 @@ def test_the_harness_runs_end_to_end_and_prints_one_table(
     lines = [line for line in table.splitlines() if line.startswith("|")]
     assert lines[0].startswith("| measure | 200 persons |")
     assert all(line.count("|") == lines[0].count("|") for line in lines)
-    for row in ("warm `plan`", "no-op daemon pass", "naive full push", "DeepDiff", "3 targets"):
+    rows = (
+        "warm `plan`",
+        "no-op daemon pass",
+        "naive full push",
+        "DeepDiff",
+        "3 targets",
+        "one call per",
+    )
+    for row in rows:
         assert any(row in line for line in lines), row

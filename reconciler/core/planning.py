@@ -495,8 +495,23 @@ def _field_changes(
     found: dict[str, FieldChange] = {}
     if seen is not None:
         projection = _projection(record, kind)
-        if projection != seen.record:
-            for change in diffs.field_changes(projection, seen.record, sensitive=kind.sensitive):
+        observed = seen.record
+        if projection != observed:
+            # DeepDiff is thorough and slow: it gets the fields that may differ, not the
+            # whole record (the ones equal in value and type, containers aside, cannot).
+            suspect = [
+                name
+                for name, value in projection.items()
+                if name not in observed
+                or isinstance(value, list | dict | tuple)
+                or type(value) is not type(observed[name])
+                or value != observed[name]
+            ]
+            for change in diffs.field_changes(
+                {name: projection[name] for name in suspect},
+                {name: observed[name] for name in suspect if name in observed},
+                sensitive=kind.sensitive,
+            ):
                 found[change.field] = change
     checked = kind.write_only if seen is not None else frozenset(kind.fields)
     for name in checked:

@@ -49,6 +49,44 @@ class PassRecord:
     error: str | None
 
 
+class Ledger(Mapping[str, LedgerEntry]):
+    """One target's ledger rows as read, each turned into a LedgerEntry when looked up."""
+
+    __slots__ = ("_parsed", "_rows")
+
+    def __init__(self, rows: dict[str, tuple[Any, ...]]) -> None:
+        self._rows = rows
+        # Most rows repeat a few JSON texts (no photo, no refs): each is parsed once and
+        # shared, read-only, by the entries that carry it.
+        self._parsed: dict[str, Any] = {}
+
+    def __getitem__(self, person_id: str) -> LedgerEntry:
+        pid, remote_id, fingerprint, written, refs, applied_at = self._rows[person_id]
+        return LedgerEntry(
+            person_id=pid,
+            remote_id=remote_id,
+            fingerprint=fingerprint,
+            written=self._json(written),
+            refs=self._json(refs),
+            applied_at=applied_at,
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, person_id: object) -> bool:
+        return person_id in self._rows
+
+    def _json(self, text: str) -> Any:
+        found = self._parsed.get(text)
+        if found is None:
+            found = self._parsed[text] = orjson.loads(text)
+        return found
+
+
 def migrations() -> list[tuple[int, str]]:
     """The schema migrations shipped in the package, in order."""
     folder = resources.files("reconciler.store") / "migrations"
@@ -89,34 +127,17 @@ class SqliteStore:
 
     # -- ledger ---------------------------------------------------------------------------
 
-    async def ledger(self, target: str) -> dict[str, LedgerEntry]:
-        def read(db: sqlite3.Connection) -> dict[str, LedgerEntry]:
+    async def ledger(self, target: str) -> Mapping[str, LedgerEntry]:
+        """The target's ledger, person id order. Entries are built when looked up: a pass
+        that finds most persons settled never builds theirs."""
+
+        def read(db: sqlite3.Connection) -> Ledger:
             rows = db.execute(
                 "SELECT person_id, remote_id, fingerprint, written, refs, applied_at FROM ledger "
                 "WHERE target = ? ORDER BY person_id",
                 (target,),
             )
-            # Most rows repeat a few JSON texts (no photo, no refs): each is parsed once and
-            # shared, read-only, by the entries that carry it.
-            parsed: dict[str, Any] = {}
-
-            def loads(text: str) -> Any:
-                found = parsed.get(text)
-                if found is None:
-                    found = parsed[text] = orjson.loads(text)
-                return found
-
-            return {
-                pid: LedgerEntry(
-                    person_id=pid,
-                    remote_id=remote_id,
-                    fingerprint=fp,
-                    written=loads(written),
-                    refs=loads(refs),
-                    applied_at=applied_at,
-                )
-                for pid, remote_id, fp, written, refs, applied_at in rows
-            }
+            return Ledger({row[0]: row for row in rows})
 
         return await self._with_db(read)
 

@@ -233,17 +233,17 @@ class NebulaPass(HttpTarget[Settings]):
         users = info.get("users") if isinstance(info, dict) else None
         if not isinstance(users, list):
             raise PermanentTargetError(self.name, "malformed /v2/datasync/info: no users list")
-        stamps: dict[str, int] = {}
-        usable = True
-        for user in users:
-            if not isinstance(user, dict) or "id" not in user:
-                usable = False
-                continue
-            at = user.get("update_at")
-            pid = str(user["id"])
-            if not isinstance(at, int) or isinstance(at, bool) or pid in stamps:
-                usable = False
-            stamps[pid] = at if isinstance(at, int) else -1
+        try:
+            # The common case, at C speed: well-formed entries, each id once, integer stamps.
+            stamps = {str(user["id"]): user["update_at"] for user in users}
+            usable = len(stamps) == len(users) and all(type(at) is int for at in stamps.values())
+        except (KeyError, TypeError):
+            stamps, usable = {}, False
+        if not usable:
+            # Something is off: keep every id that can be read, trust no stamp.
+            stamps = {
+                str(user["id"]): -1 for user in users if isinstance(user, dict) and "id" in user
+            }
         self._ids = set(stamps)
         return stamps if usable else None
 

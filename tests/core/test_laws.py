@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.core import changes, planning
+from reconciler.core import changes, diffs, planning
 from reconciler.core.changes import Action
 from reconciler.core.persons import Desired, Person, PersonType, Photo
-from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson
-from reconciler.core.records import Invalid
+from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson, TargetSpec
+from reconciler.core.records import Invalid, KindSpec, Record
 from tests.core.kinds import HASHER, SPEC, apply_in_memory, projection, render
 
 IDS = st.sampled_from([f"{n:03d}" for n in range(12)])
@@ -164,3 +165,48 @@ def test_a_baseline_never_changes_the_plan(
     assert spared == planning.compute(now_desired, SPEC, now_observed, ledger, HASHER)
     # The very same inputs: the very same plan.
     assert planning.compute(desired, SPEC, observed, ledger, HASHER, baseline=baseline) == last
+
+
+TYPED = KindSpec(
+    name="typed",
+    fields=("name", "admin", "level", "codes"),
+    observable=frozenset({"name", "admin", "level", "codes"}),
+)
+VALUES = st.one_of(
+    st.sampled_from(["", "a", "1"]),
+    st.sampled_from([0, 1, True, False, None]),
+    st.lists(st.sampled_from(["1", 1, True]), max_size=2),
+    st.fixed_dictionaries({"a": st.sampled_from([1, True, "1"])}),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"name": VALUES, "admin": VALUES, "level": VALUES, "codes": VALUES},
+        optional={"extra": VALUES},
+    ),
+    st.sets(st.sampled_from(["name", "admin", "level", "codes"]), max_size=1),
+)
+def test_the_fields_of_an_update_are_the_ones_deepdiff_finds_in_the_whole_record(
+    seen: dict[str, Any], missing: set[str]
+) -> None:
+    """Only some fields go to DeepDiff; the fields found are those of a whole-record diff,
+    types included (1 and True, "1" and 1, in lists and dicts too). Records equal as dicts are
+    in sync, as they always were."""
+
+    def typed(person: Person) -> Record:
+        return {"name": person.name, "admin": person.admin, "level": 1, "codes": {"a": 1}}
+
+    for name in missing:
+        del seen[name]
+    spec = TargetSpec(name="t", kind=TYPED, render=typed)
+    person = Person(id="1", name="a", admin=True)
+    record = typed(person)
+    ledger = {"1": LedgerEntry(person_id="1", fingerprint=HASHER.digest(record))}
+    observed = Observed(persons={"1": ObservedPerson(record=seen)})
+    plan = planning.compute(Desired(persons={"1": person}), spec, observed, ledger, HASHER)
+    if record == seen:
+        assert plan.changes == ()
+    else:
+        assert [c.fields for c in plan.changes] == [diffs.field_changes(record, seen)]

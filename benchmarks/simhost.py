@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 from collections import Counter
@@ -70,6 +71,9 @@ class _Host:
         """Requests by kind of call since the last clear, summed over the chosen simulators."""
         routes: Counter[str] = Counter()
         writes = items = requests = 0
+        busy = 0.0
+        spans: list[float] = []
+        first, last = float("inf"), float("-inf")
         for simulator in self._chosen(indices):
             for entry in simulator.log.entries:
                 requests += 1
@@ -77,7 +81,20 @@ class _Host:
                 if entry.write:
                     writes += 1
                     items += entry.items or 0
-        return {"requests": requests, "writes": writes, "items": items, "routes": dict(routes)}
+                    busy += entry.done - entry.at
+                    spans.append(entry.done - entry.at)
+                    first, last = min(first, entry.at), max(last, entry.done)
+        return {
+            "requests": requests,
+            "writes": writes,
+            "items": items,
+            "routes": dict(routes),
+            # Write requests the simulators were answering at once, on average, from the first
+            # write's arrival to the last one's answer: how well a client keeps them in flight.
+            "writes_in_flight": busy / (last - first) if writes and last > first else 0.0,
+            # Seconds a write took at the simulator, arrival to answer (median).
+            "write_seconds": statistics.median(spans) if spans else 0.0,
+        }
 
     def clear(self, indices: Sequence[int] | None) -> dict[str, Any]:
         for simulator in self._chosen(indices):

@@ -252,6 +252,34 @@ async def job_deepdiff(job: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+async def job_bare_calls(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The ceiling of the throughput run: a bare aiohttp client enrolling as many persons in
+    a sophon_fog box, PEER_CONCURRENCY at a time, without retries, ledger or logs."""
+    url = job["url"] + "/SophonFogSys/api/users"
+    persons = iter(range(job["persons"]))
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=PEER_CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for n in persons:
+                body = {
+                    "identity_id": f"bare{n}",
+                    "group_name": "default_group",
+                    "ignore_exist": True,
+                    "need_bring_pic": False,
+                    "info": {"name": f"bare {n}", "type": 1, "permission_ids": ["0"]},
+                }
+                async with session.post(url, data=orjson.dumps(body), headers=headers) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"bare call refused: HTTP {r.status}")
+                    await r.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(PEER_CONCURRENCY)))
+    return {"seconds": time.perf_counter() - started}
+
+
 async def job_bare_yaml(job: Mapping[str, Any]) -> dict[str, Any]:
     """Seconds PyYAML's C loader takes for the file with the collector paused: the floor a
     cold parse is held to."""
@@ -271,6 +299,7 @@ JOBS = {
     "naive_push": job_naive_push,
     "deepdiff": job_deepdiff,
     "bare_yaml": job_bare_yaml,
+    "bare_calls": job_bare_calls,
 }
 
 

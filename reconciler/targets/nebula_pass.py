@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, KeysView, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -193,7 +193,7 @@ class NebulaPass(HttpTarget[Settings]):
         #: The last snapshot and the update_at of each person in it (see observe()).
         self._previous: tuple[Observed, dict[str, int]] | None = None
         #: Ids datasync/info listed at the last read.
-        self._ids: set[str] = set()
+        self._ids: KeysView[str] = {}.keys()
         self._full_read_at = 0.0
 
     # -- protocol ---------------------------------------------------------------------------
@@ -217,9 +217,9 @@ class NebulaPass(HttpTarget[Settings]):
             and asyncio.get_running_loop().time() < self._full_read_at + self.FULL_READ_EVERY
         ):
             known, seen = previous
-            changed = sorted(pid for pid, at in stamps.items() if seen.get(pid) != at)
-            if not changed and len(known.persons) == len(stamps):
+            if stamps == seen and len(known.persons) == len(stamps):
                 return known  # nothing moved: the same snapshot, unchanged
+            changed = sorted(pid for pid, at in stamps.items() if seen.get(pid) != at)
             if len(changed) <= -(-len(stamps) // PAGE_LIMIT):
                 observed = await self._changed_since(known, stamps, changed)
                 if observed is not None:
@@ -244,7 +244,7 @@ class NebulaPass(HttpTarget[Settings]):
             stamps = {
                 str(user["id"]): -1 for user in users if isinstance(user, dict) and "id" in user
             }
-        self._ids = set(stamps)
+        self._ids = stamps.keys()
         return stamps if usable else None
 
     async def _changed_since(

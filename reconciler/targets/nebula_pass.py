@@ -170,7 +170,7 @@ def observed_record(user: Any, target: str) -> tuple[str, Record]:
         )
     except (TypeError, ValueError) as exc:
         raise PermanentTargetError(target, f"malformed user {user_id} in listing: {exc}") from exc
-    return str(user_id), Compact.shaped(OBSERVED, values)
+    return sys.intern(str(user_id)), Compact.shaped(OBSERVED, values)
 
 
 class NebulaPass(HttpTarget[Settings]):
@@ -235,7 +235,8 @@ class NebulaPass(HttpTarget[Settings]):
             raise PermanentTargetError(self.name, "malformed /v2/datasync/info: no users list")
         try:
             # The common case, at C speed: well-formed entries, each id once, integer stamps.
-            stamps = {str(user["id"]): user["update_at"] for user in users}
+            # Ids are interned: the same texts as the snapshot's keys, on every target.
+            stamps = {sys.intern(str(user["id"])): user["update_at"] for user in users}
             usable = len(stamps) == len(users) and all(type(at) is int for at in stamps.values())
         except (KeyError, TypeError):
             stamps, usable = {}, False

@@ -497,22 +497,34 @@ def _field_changes(
         projection = _projection(record, kind)
         observed = seen.record
         if projection != observed:
-            # DeepDiff is thorough and slow: it gets the fields that may differ, not the
-            # whole record (the ones equal in value and type, containers aside, cannot).
-            suspect = [
-                name
-                for name, value in projection.items()
-                if name not in observed
-                or isinstance(value, list | dict | tuple)
-                or type(value) is not type(observed[name])
-                or value != observed[name]
-            ]
-            for change in diffs.field_changes(
-                {name: projection[name] for name in suspect},
-                {name: observed[name] for name in suspect if name in observed},
-                sensitive=kind.sensitive,
-            ):
-                found[change.field] = change
+            # DeepDiff is thorough and slow. A field equal in value and in type, all the way
+            # down, cannot differ, and a plain one of the same type with another value plainly
+            # does: DeepDiff gets only what is left (other types, containers, missing fields).
+            suspect: list[str] = []
+            for name, value in projection.items():
+                if name not in observed:
+                    suspect.append(name)
+                    continue
+                old = observed[name]
+                if _same(value, old):
+                    continue
+                if type(value) is not type(old) or isinstance(value, list | dict | tuple):
+                    suspect.append(name)
+                else:
+                    sensitive = name in kind.sensitive
+                    found[name] = FieldChange(
+                        field=name,
+                        old=None if sensitive else old,
+                        new=None if sensitive else value,
+                        sensitive=sensitive,
+                    )
+            if suspect:
+                for change in diffs.field_changes(
+                    {name: projection[name] for name in suspect},
+                    {name: observed[name] for name in suspect if name in observed},
+                    sensitive=kind.sensitive,
+                ):
+                    found[change.field] = change
     checked = kind.write_only if seen is not None else frozenset(kind.fields)
     for name in checked:
         if entry.written.get(name) != hasher.digest(record.get(name)):
@@ -524,6 +536,20 @@ def _field_changes(
                 write_only=True,
             )
     return tuple(found[name] for name in kind.fields if name in found)
+
+
+def _same(one: object, other: object) -> bool:
+    """Equal in value and in type, items of lists and dicts included (1 == True, but DeepDiff
+    tells them apart)."""
+    if type(one) is not type(other):
+        return False
+    if isinstance(one, list | tuple):
+        assert isinstance(other, list | tuple)
+        return len(one) == len(other) and all(map(_same, one, other))
+    if isinstance(one, dict):
+        assert isinstance(other, dict)
+        return one.keys() == other.keys() and all(_same(one[k], other[k]) for k in one)
+    return one == other
 
 
 def _upsert(

@@ -1,11 +1,13 @@
 # make demo: bootstrap .venv, install, run the product against its bundled simulators.
 # make test: lint (ruff, mypy strict, import-linter layers) and the whole test suite.
+# make bench: the benchmarks of DESIGN B6 (not part of make test); quick: make bench SIZES=1000,10000
 # Both bootstrap .venv themselves on a fresh machine with Python 3.11+.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+SIZES  ?= 1000,10000,100000
 
 .PHONY: demo test lint format pytest bench clean venv
 
@@ -35,6 +37,10 @@ format: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# SCALE=TARGETSxPERSONS,... and KINDS_AT=SIZES override the scenarios chosen from SIZES.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --sizes $(SIZES) $(if $(SCALE),--scale $(SCALE)) $(if $(KINDS_AT),--kinds-at $(KINDS_AT))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -248,13 +248,15 @@ async def _record(
         [(o.change, o.error or "failed") for o in outcomes if not o.ok],
         [o.change.person_id for o in outcomes if o.ok],
     )
+    # Bound once per batch: a line per change is the contract, the proxy's lookup is not.
+    target_log = log.bind(target=name)
     for outcome in outcomes:
         change = outcome.change
         if outcome.ok:
             report.applied += 1
             action = change.action.value
             report.applied_by_action[action] = report.applied_by_action.get(action, 0) + 1
-            log.info("change.applied", target=name, **change_document(change))
+            target_log.info("change.applied", **change_document(change))
         else:
             _failed(name, report, change, outcome.error or "failed", retryable=outcome.retryable)
 

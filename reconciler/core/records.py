@@ -8,8 +8,8 @@ Pure: orjson serialises, hashlib hashes; no I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -18,6 +18,102 @@ from reconciler.core.persons import Department, Person
 
 #: A canonical record: JSON-compatible values (str, int, bool, None, lists of str) by field name.
 Record = Mapping[str, Any]
+
+#: Shared key tuples and lists of compact records; bounded, as a cache only saves memory.
+_SHARED_LIMIT = 4096
+_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_LISTS: dict[tuple[str, ...], list[str]] = {}
+_MISSING = object()
+
+
+class Compact(Mapping[str, Any]):
+    """A read-only record kept small: one key tuple shared by every record of its shape and a
+    tuple of values. A daemon keeps what each target reported, person by person and target by
+    target (a million pairs on a campus), where a dict per record costs twice as much; adapters
+    also share equal values across targets (`shared`).
+    """
+
+    __slots__ = ("_keys", "_values")
+
+    def __init__(self, record: Record) -> None:
+        keys = tuple(record)
+        shared = _KEYS.get(keys)
+        if shared is None:
+            if len(_KEYS) >= _SHARED_LIMIT:
+                _KEYS.clear()
+            shared = _KEYS[keys] = keys
+        self._keys = shared
+        self._values = tuple(record.values())
+
+    @classmethod
+    def shaped(cls, keys: tuple[str, ...], values: tuple[Any, ...]) -> Compact:
+        """A record from its values in the order of `keys` (a tuple the caller keeps and
+        reuses for every record of this shape), without building a dict first."""
+        if len(keys) != len(values):
+            raise ValueError(f"{len(values)} values for {len(keys)} keys")
+        made = cls.__new__(cls)
+        made._keys = keys
+        made._values = values
+        return made
+
+    @property
+    def keys_tuple(self) -> tuple[str, ...]:
+        """The keys in their order, the same object for every record of this shape."""
+        return self._keys
+
+    @property
+    def values_tuple(self) -> tuple[Any, ...]:
+        return self._values
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self._keys, self._values, strict=True))
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._values[self._keys.index(key)]
+        except ValueError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Compact):
+            if other._keys is self._keys:
+                return other._values == self._values
+            return self.as_dict() == other.as_dict()
+        if isinstance(other, Mapping):
+            return len(other) == len(self._keys) and all(
+                other.get(key, _MISSING) == value
+                for key, value in zip(self._keys, self._values, strict=True)
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self.as_dict())
+
+
+def shared(value: list[str]) -> list[str]:
+    """An equal list already kept, if any (group lists repeat across persons and targets):
+    for read-only records only."""
+    try:
+        key = tuple(value)
+        found = _LISTS.get(key)
+    except TypeError:  # unhashable items: kept as they are
+        return value
+    if found is None:
+        if len(_LISTS) >= _SHARED_LIMIT:
+            _LISTS.clear()
+        found = _LISTS[key] = value
+    return found
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,7 +159,15 @@ Render = Callable[[Person], "Record | Invalid"]
 
 def canonical(value: Any) -> bytes:
     """Deterministic bytes of a JSON-compatible value: sorted keys, no whitespace."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(
+        value, default=_plain, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Compact):
+        return value.as_dict()
+    raise TypeError(f"{type(value).__name__} is not JSON-compatible")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +177,21 @@ class Hasher:
     The key lives in the state directory; losing it costs one re-push of write-only fields.
     """
 
-    key: bytes
+    key: bytes = field(repr=False)
+    #: The keyed state before any data: copying it is cheaper than keying anew per digest.
+    _keyed: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_keyed", hashlib.blake2b(key=self.key, digest_size=16))
 
     def digest(self, value: Any) -> str:
-        return hashlib.blake2b(canonical(value), key=self.key, digest_size=16).hexdigest()
+        return self.digest_bytes(canonical(value))
 
     def digest_bytes(self, data: bytes) -> str:
-        return hashlib.blake2b(data, key=self.key, digest_size=16).hexdigest()
+        state = self._keyed.copy()
+        state.update(data)
+        digest: str = state.hexdigest()
+        return digest
 
 
 def person_document(person: Person) -> dict[str, Any]:

@@ -81,6 +81,8 @@ class Entry:
     status: int
     #: time.monotonic() when the request arrived.
     at: float
+    #: time.monotonic() when its answer was ready (so requests in flight can be counted).
+    done: float = 0.0
     #: How many persons a write carried; None for reads and for requests a fault answered.
     items: int | None = None
     #: Whether the route changes the vendor's state (login is never one).
@@ -89,8 +91,6 @@ class Entry:
     reset: bool = False
     #: The client's User-Agent: reconciler names its replica there.
     client: str | None = None
-    #: time.monotonic() when the answer was ready (or the connection dropped).
-    done: float = 0.0
 
 
 class RequestLog:
@@ -225,11 +225,11 @@ class Simulator(abc.ABC):
                         path=request.path,
                         status=status,
                         at=arrived,
+                        done=time.monotonic(),
                         items=request.get(ITEMS),
                         write=route is not None and route.write,
                         reset=reset,
                         client=request.headers.get("User-Agent"),
-                        done=time.monotonic(),
                     )
                 )
 

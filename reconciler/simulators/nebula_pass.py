@@ -11,7 +11,7 @@ import binascii
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeGuard
+from typing import Any, ClassVar, Literal, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -47,6 +47,9 @@ MAX_VALID_MINUTES = 1440
 
 _IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG")
 
+#: How datasync/info answers: faithfully, or broken in one of two ways (a fault knob).
+Feed = Literal["ok", "no_update_at", "repeated_ids"]
+
 
 class _Invalid(Exception):
     """One user item refused: becomes an `errors[]` entry, or the answer of a single-user call."""
@@ -78,6 +81,8 @@ class NebulaPassSimulator(Simulator):
       `PUT /v1/user/id/{id}` follows the same rules; `user_id`/`type` in it must equal the stored.
     - `avatar` may lack base64 padding (the vendor's own examples do); it must decode to JPG or
       PNG bytes. `groups` are not checked against existing groups: there is no group API here.
+    - `feed` is a fault knob for `datasync/info`: "no_update_at" leaves update_at out of every
+      entry, "repeated_ids" lists every user twice (a feed a client must not trust).
     - `token_ttl` (seconds) overrides the login's `validTime`; `clock` times tokens only, while
       `create_at`/`update_at` are wall-clock milliseconds.
     """
@@ -92,9 +97,11 @@ class NebulaPassSimulator(Simulator):
         token_ttl: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_users: int = 100_000,
+        feed: Feed = "ok",
         faults: Faults | None = None,
     ) -> None:
         super().__init__(faults=faults)
+        self.feed: Feed = feed
         self.username = username
         self.password = password
         self.token_ttl = token_ttl
@@ -105,6 +112,11 @@ class NebulaPassSimulator(Simulator):
         #: Calls of GET /v2/datasync/clear, which wipes the device: a client must never make one.
         self.dangerous_calls = 0
         self._tokens: dict[str, float] = {}
+        #: The listing's order (by create_at, then user_id), valid while `_ordered_at` matches:
+        #: paging a large device must not sort every user for every page.
+        self._ordered: list[str] = []
+        self._ordered_at: tuple[int, int] = (-1, -1)
+        self._generation = 0
 
     def add_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
         """Put a user on the device directly, as if enrolled at its own screen (for seeding)."""
@@ -112,6 +124,15 @@ class NebulaPassSimulator(Simulator):
         user = _blank(user_id, now) | fields
         self.users[user_id] = user
         return user
+
+    def edit_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
+        """Edit a stored user as if at the device's own screen: `update_at` moves, as on any
+        upsert (drift for a client, found through datasync/info)."""
+        return self._apply_single({**fields, "user_id": user_id})
+
+    def touched(self) -> None:
+        """Say that `users` was changed from outside the API (seeding), so listings re-sort."""
+        self._generation += 1
 
     def add_person(self, person_id: str, name: str) -> None:
         self.add_user(person_id, name=name)
@@ -203,20 +224,24 @@ class NebulaPassSimulator(Simulator):
             {"id": user_id, "update_at": user.get("update_at", 0), "groups": user.get("groups", [])}
             for user_id, user in self.users.items()
         ]
+        if self.feed == "no_update_at":
+            for entry in users:
+                del entry["update_at"]
+        elif self.feed == "repeated_ids":
+            users += users
         return _envelope({"users": users, "groups": [], "rules": []})
 
     async def _clear(self, request: web.Request) -> web.Response:
         self.dangerous_calls += 1
         self.users.clear()
+        self.touched()
         return _envelope(None)
 
     async def _list(self, request: web.Request) -> web.Response:
         offset = _path_int(request, "offset", MAX_OFFSET)
         limit = _path_int(request, "limit", MAX_LIMIT)
-        ordered = sorted(
-            self.users.items(), key=lambda pair: (pair[1].get("create_at", 0), pair[0])
-        )
-        page = [user for _, user in ordered[offset : offset + limit]]
+        ordered = self._order()
+        page = [self.users[user_id] for user_id in ordered[offset : offset + limit]]
         return _envelope(
             {
                 "offset": offset,
@@ -226,6 +251,17 @@ class NebulaPassSimulator(Simulator):
                 "items": page,
             }
         )
+
+    def _order(self) -> list[str]:
+        """User ids in listing order; re-sorted only after a write (or a seeding) changed them.
+
+        Keyed by the count too, so a test that edits `users` directly is still seen."""
+        version = (self._generation, len(self.users))
+        if version != self._ordered_at:
+            users = self.users
+            self._ordered = sorted(users, key=lambda uid: (users[uid].get("create_at", 0), uid))
+            self._ordered_at = version
+        return self._ordered
 
     async def _get(self, request: web.Request) -> web.Response:
         return _envelope(self._stored(request.match_info["id"]))
@@ -250,6 +286,7 @@ class NebulaPassSimulator(Simulator):
         user_id = request.match_info["id"]
         self._stored(user_id)
         del self.users[user_id]
+        self.touched()
         return _envelope(None)
 
     async def _upsert_batch(self, request: web.Request) -> web.Response:
@@ -277,6 +314,7 @@ class NebulaPassSimulator(Simulator):
                 errors.append(_error_item(None, 400, "id must be a string"))
             elif self.users.pop(user_id, None) is None:
                 errors.append(_error_item(user_id, 404, "user not found"))
+        self.touched()
         return _envelope({"errors": errors})
 
     def _stored(self, user_id: str) -> dict[str, Any]:
@@ -302,6 +340,7 @@ class NebulaPassSimulator(Simulator):
             if len(self.users) >= self.max_users:
                 raise _Invalid(507, "user capacity reached")
             user = _blank(user_id, now) | changes
+            self.touched()  # a new user joins the listing's order
         else:
             if changes.get("type", existing.get("type")) != existing.get("type"):
                 raise _Invalid(409, "type cannot be changed")
@@ -345,6 +384,14 @@ def _is_int(value: object) -> TypeGuard[int]:
 
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _bytes_within(text: str, low: int, high: int) -> bool:
+    """low <= UTF-8 length <= high, encoding only when the character count cannot tell (a
+    character is 1 to 4 bytes): a 100-person batch is checked field by field."""
+    if low <= len(text) and len(text) * 4 <= high:
+        return True
+    return low <= _utf8_len(text) <= high
 
 
 async def _json_body(request: web.Request) -> object:
@@ -400,7 +447,7 @@ def _user_id(item: dict[str, Any]) -> str:
         raise _Invalid(400, "user_id is required")
     if not isinstance(user_id, str):
         raise _Invalid(400, "user_id must be a string")
-    if not 1 <= _utf8_len(user_id) <= MAX_ID_BYTES:
+    if not _bytes_within(user_id, 1, MAX_ID_BYTES):
         raise _Invalid(400, f"user_id must be 1..{MAX_ID_BYTES} bytes")
     return user_id
 
@@ -432,7 +479,7 @@ def _changes(item: dict[str, Any], *, creating: bool) -> dict[str, Any]:
 def _name(value: object) -> str:
     if value is None:
         raise _Invalid(400, "name is required")
-    if not isinstance(value, str) or not 1 <= _utf8_len(value) <= MAX_NAME_BYTES:
+    if not isinstance(value, str) or not _bytes_within(value, 1, MAX_NAME_BYTES):
         raise _Invalid(400, f"name must be a string of 1..{MAX_NAME_BYTES} bytes")
     return value
 
@@ -448,7 +495,7 @@ def _user_type(value: object) -> int:
 def _text(value: object, key: str, limit: int) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str) or _utf8_len(value) > limit:
+    if not isinstance(value, str) or not _bytes_within(value, 0, limit):
         raise _Invalid(400, f"{key} must be a string of at most {limit} bytes")
     return value
 
@@ -483,7 +530,7 @@ def _groups(value: object) -> list[str]:
     if (
         not isinstance(value, list)
         or len(value) > MAX_GROUPS
-        or not all(isinstance(group, str) and 1 <= _utf8_len(group) <= 128 for group in value)
+        or not all(isinstance(group, str) and _bytes_within(group, 1, 128) for group in value)
     ):
         raise _Invalid(400, f"groups must be a list of at most {MAX_GROUPS} group ids")
     return list(value)

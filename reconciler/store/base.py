@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
@@ -71,7 +71,12 @@ class Store(Protocol):
 
     # -- the ledger ---------------------------------------------------------------------------
 
-    async def ledger(self, target: str) -> dict[str, LedgerEntry]: ...
+    async def ledger(self, target: str) -> Mapping[str, LedgerEntry]: ...
+
+    async def ledger_version(self, target: str) -> Hashable:
+        """A token equal between two calls only if the target's ledger and department ledger
+        are unchanged in between (whoever wrote them): a plan computed from them still holds."""
+        ...
 
     async def managed(self) -> dict[str, int]:
         """Ledger entries per target: the persons reconciler owns on each."""

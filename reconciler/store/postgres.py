@@ -13,7 +13,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -233,6 +233,20 @@ class PostgresStore:
 
     async def forget(self, target: str, person_ids: Sequence[str]) -> None:
         await self.record(target, (), person_ids)
+
+    async def ledger_version(self, target: str) -> Hashable:
+        """A checksum of the target's ledger and department ledger rows, as the server holds
+        them: any write by any replica or CLI changes it (unless 64-bit hashes collide)."""
+        rows = await self._fetch(
+            "SELECT (SELECT (count(*), coalesce(sum(hashtextextended(person_id || chr(0) || "
+            "coalesce(remote_id, chr(1)) || chr(0) || fingerprint || chr(0) || written || chr(0) "
+            "|| refs, 0)), 0))::text FROM ledger WHERE target = %s), "
+            "(SELECT (count(*), coalesce(sum(hashtextextended(department_id || chr(0) || "
+            "coalesce(parent, chr(1)) || chr(0) || fingerprint, 0)), 0))::text "
+            "FROM department_ledger WHERE target = %s)",
+            (target, target),
+        )
+        return tuple(rows[0])
 
     async def departments(self, target: str) -> dict[str, DepartmentEntry]:
         rows = await self._fetch(

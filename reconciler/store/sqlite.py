@@ -43,6 +43,44 @@ _T = TypeVar("_T")
 _LOCK_POLL = 0.2
 
 
+class Ledger(Mapping[str, LedgerEntry]):
+    """One target's ledger rows as read, each turned into a LedgerEntry when looked up."""
+
+    __slots__ = ("_parsed", "_rows")
+
+    def __init__(self, rows: dict[str, tuple[Any, ...]]) -> None:
+        self._rows = rows
+        # Most rows repeat a few JSON texts (no photo, no refs): each is parsed once and
+        # shared, read-only, by the entries that carry it.
+        self._parsed: dict[str, Any] = {}
+
+    def __getitem__(self, person_id: str) -> LedgerEntry:
+        pid, remote_id, fingerprint, written, refs, applied_at = self._rows[person_id]
+        return LedgerEntry(
+            person_id=pid,
+            remote_id=remote_id,
+            fingerprint=fingerprint,
+            written=self._json(written),
+            refs=self._json(refs),
+            applied_at=applied_at,
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, person_id: object) -> bool:
+        return person_id in self._rows
+
+    def _json(self, text: str) -> Any:
+        found = self._parsed.get(text)
+        if found is None:
+            found = self._parsed[text] = orjson.loads(text)
+        return found
+
+
 def migrations() -> list[tuple[int, str]]:
     """The SQLite schema migrations shipped in the package, in order."""
     return base.migrations("sqlite")
@@ -60,6 +98,8 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
         self._lock_file: int | None = None
+        #: Per target, how many times this store changed its ledger or department ledger.
+        self._ledger_writes: dict[str, int] = {}
 
     @classmethod
     async def open(cls, path: Path, *, replica: str | None = None) -> SqliteStore:
@@ -80,26 +120,35 @@ class SqliteStore:
 
     # -- ledger ---------------------------------------------------------------------------
 
-    async def ledger(self, target: str) -> dict[str, LedgerEntry]:
-        def read(db: sqlite3.Connection) -> dict[str, LedgerEntry]:
+    async def ledger(self, target: str) -> Mapping[str, LedgerEntry]:
+        """The target's ledger, person id order. Entries are built when looked up: a pass
+        that finds most persons settled never builds theirs."""
+
+        def read(db: sqlite3.Connection) -> Ledger:
             rows = db.execute(
                 "SELECT person_id, remote_id, fingerprint, written, refs, applied_at FROM ledger "
                 "WHERE target = ? ORDER BY person_id",
                 (target,),
             )
-            return {
-                pid: LedgerEntry(
-                    person_id=pid,
-                    remote_id=remote_id,
-                    fingerprint=fp,
-                    written=orjson.loads(written),
-                    refs=orjson.loads(refs),
-                    applied_at=applied_at,
-                )
-                for pid, remote_id, fp, written, refs, applied_at in rows
-            }
+            return Ledger({row[0]: row for row in rows})
 
         return await self._with_db(read)
+
+    async def ledger_version(self, target: str) -> tuple[int, int]:
+        """A token that changes whenever the target's ledger or department ledger may have
+        changed: this store's own writes are counted as they are handed to its one worker
+        thread (which runs everything in order, so a read handed over later sees them), any
+        other connection's are seen through SQLite's data_version. Equal tokens: equal ledgers.
+        """
+
+        def read(db: sqlite3.Connection) -> int:
+            version: int = db.execute("PRAGMA data_version").fetchone()[0]
+            return version
+
+        return await self._with_db(read), self._ledger_writes.get(target, 0)
+
+    def _ledger_changed(self, target: str) -> None:
+        self._ledger_writes[target] = self._ledger_writes.get(target, 0) + 1
 
     async def managed(self) -> dict[str, int]:
         """Ledger entries per target: the persons reconciler owns on each."""
@@ -114,6 +163,7 @@ class SqliteStore:
         now = time.time()
         rows = [(target, pid, now) for pid in person_ids]
         if rows:
+            self._ledger_changed(target)
             await self._transaction(
                 lambda db: db.executemany(
                     "INSERT INTO ledger (target, person_id, applied_at) VALUES (?, ?, ?) "
@@ -131,6 +181,7 @@ class SqliteStore:
         now = time.time()
         rows = [(target, pid, remote_id, now) for pid, remote_id in remote_ids.items()]
         if rows:
+            self._ledger_changed(target)
             await self._transaction(
                 lambda db: db.executemany(
                     "INSERT INTO ledger (target, person_id, remote_id, applied_at) "
@@ -160,6 +211,7 @@ class SqliteStore:
             )
             db.executemany("DELETE FROM ledger WHERE target = ? AND person_id = ?", removals)
 
+        self._ledger_changed(target)
         await self._transaction(write)
 
     async def forget(self, target: str, person_ids: Sequence[str]) -> None:
@@ -207,6 +259,7 @@ class SqliteStore:
                 "DELETE FROM department_ledger WHERE target = ? AND department_id = ?", removals
             )
 
+        self._ledger_changed(target)
         await self._transaction(write)
 
     # -- attempts -------------------------------------------------------------------------

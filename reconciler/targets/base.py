@@ -8,6 +8,7 @@ confirmed batch in the ledger at once. No I/O here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -175,31 +176,58 @@ async def bounded(
 ) -> AsyncIterator[_Out]:
     """Run `work` over items with at most `limit` in flight; yield results as they complete.
 
-    Work is started lazily so a long list never builds every request body up front. Once `stop`
-    is set nothing new starts, but what is in flight finishes and is yielded (a shutdown must
-    record what the target confirmed). If one piece of work raises, the rest is cancelled.
+    Work is started lazily so a long list never builds every request body up front, and the
+    moment a piece completes the next one starts, whatever the caller is doing with earlier
+    results (writing the ledger, logging): `limit` requests stay in flight. At most `limit`
+    finished results wait for the caller before new work waits too. Once `stop` is set nothing
+    new starts, but what is in flight finishes and is yielded (a shutdown must record what the
+    target confirmed). If one piece of work raises, nothing new starts and the rest is
+    cancelled.
     """
-    pending: set[asyncio.Future[_Out]] = set()
     iterator = iter(items)
+    pending: set[asyncio.Future[_Out]] = set()
+    ready: collections.deque[asyncio.Future[_Out]] = collections.deque()
+    arrived = asyncio.Event()
     exhausted = False
-    try:
-        while True:
+
+    def start() -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) < limit and len(pending) + len(ready) < 2 * limit:
             if stop is not None and stop.is_set():
                 exhausted = True
-            while not exhausted and len(pending) < limit:
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    exhausted = True
-                    break
-                pending.add(asyncio.ensure_future(work(item)))
-            if not pending:
-                return
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                yield task.result()
+                break
+            try:
+                item = next(iterator)
+            except StopIteration:
+                exhausted = True
+                break
+            task = asyncio.ensure_future(work(item))
+            pending.add(task)
+            task.add_done_callback(finished)
+
+    def finished(task: asyncio.Future[_Out]) -> None:
+        nonlocal exhausted
+        pending.discard(task)
+        ready.append(task)
+        arrived.set()
+        if not task.cancelled() and task.exception() is not None:
+            exhausted = True
+        start()
+
+    try:
+        start()
+        while pending or ready:
+            if not ready:
+                arrived.clear()
+                await arrived.wait()
+                continue
+            task = ready.popleft()
+            start()  # a result taken: room for one more
+            yield task.result()
     finally:
+        exhausted = True
         for task in pending:
+            task.remove_done_callback(finished)
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)

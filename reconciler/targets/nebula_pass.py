@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Sequence
+import sys
+from collections.abc import AsyncIterator, KeysView, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from pydantic import Field, SecretStr
 from reconciler.core.changes import Action, Change
 from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
-from reconciler.core.records import Invalid, KindSpec, Record
+from reconciler.core.records import Compact, Invalid, KindSpec, Record, shared
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
 from reconciler.targets.base import Outcome, TargetSettings, bounded, chunks
 from reconciler.targets.http import Backoff, HttpTarget, Response
@@ -94,8 +95,9 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
             person_id=person.id,
             error=f"type {person.type.value} is not supported by {NAME} ({supported})",
         )
-    if len(person.id.encode()) > 128:
+    if _over(person.id, 128):
         return Invalid(person_id=person.id, error=f"id is longer than {NAME}'s 128 bytes")
+    group_map = settings.group_map
     record: dict[str, Any] = {
         "name": person.name,
         "type": code,
@@ -105,13 +107,15 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
         "pin": person.pin,
         "guest_time_start": _millis(person.valid_from),
         "guest_time_end": _millis(person.valid_until),
-        "groups": sorted({settings.group_map.get(g, g) for g in person.groups}),
+        "groups": sorted(
+            {group_map.get(g, g) for g in person.groups} if group_map else set(person.groups)
+        ),
         "is_admin": person.admin,
         "remark": person.remark,
         "avatar": person.photo.digest if person.photo else "",
     }
     for field, limit in BYTE_LIMITS.items():
-        if len(record[field].encode()) > limit:
+        if _over(record[field], limit):
             shown = "a sensitive field" if field in KIND.sensitive else field
             return Invalid(
                 person_id=person.id,
@@ -124,34 +128,56 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
     return record
 
 
+#: The fields of an observed record, in this order (KIND.observable).
+OBSERVED = (
+    "name",
+    "type",
+    "ic_number",
+    "id_number",
+    "job_number",
+    "pin",
+    "guest_time_start",
+    "guest_time_end",
+    "groups",
+    "is_admin",
+    "remark",
+)
+
+
 def observed_record(user: Any, target: str) -> tuple[str, Record]:
-    """A listed user in canonical form; anything malformed is an error of the target."""
-    if not isinstance(user, dict) or not isinstance(user.get("user_id"), str | int):
+    """A listed user in canonical form; anything malformed is an error of the target.
+
+    Texts are interned and group lists shared: a daemon keeps every target's records, and
+    terminals mostly report the same persons alike."""
+    user_id = user.get("user_id") if isinstance(user, dict) else None
+    if not isinstance(user_id, str | int):
         raise PermanentTargetError(target, f"malformed user in listing: {str(user)[:120]!r}")
+    get = user.get
     try:
-        groups = user.get("groups") or []
-        record = {
-            "name": _text(user.get("name")),
-            "type": int(user.get("type") or 1),
-            "ic_number": _text(user.get("ic_number")),
-            "id_number": _text(user.get("id_number")),
-            "job_number": _text(user.get("job_number")),
-            "pin": _text(user.get("pin")),
-            "guest_time_start": _optional_int(user.get("guest_time_start")),
-            "guest_time_end": _optional_int(user.get("guest_time_end")),
-            "groups": sorted(str(g) for g in groups),
-            "is_admin": bool(user.get("is_admin")),
-            "remark": _text(user.get("remark")),
-        }
+        groups = get("groups")
+        values = (
+            _kept(get("name")),
+            int(get("type") or 1),
+            _kept(get("ic_number")),
+            _kept(get("id_number")),
+            _kept(get("job_number")),
+            _kept(get("pin")),
+            _optional_int(get("guest_time_start")),
+            _optional_int(get("guest_time_end")),
+            shared(sorted(map(str, groups))) if groups else [],
+            bool(get("is_admin")),
+            _kept(get("remark")),
+        )
     except (TypeError, ValueError) as exc:
-        raise PermanentTargetError(
-            target, f"malformed user {user.get('user_id')} in listing: {exc}"
-        ) from exc
-    return str(user["user_id"]), record
+        raise PermanentTargetError(target, f"malformed user {user_id} in listing: {exc}") from exc
+    return sys.intern(str(user_id)), Compact.shaped(OBSERVED, values)
 
 
 class NebulaPass(HttpTarget[Settings]):
     """A SenseNebula Pass terminal."""
+
+    #: Seconds after which the datasync feed is not trusted alone: a whole listing is read.
+    FULL_READ_EVERY = 3600.0
 
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
         super().__init__(
@@ -164,16 +190,89 @@ class NebulaPass(HttpTarget[Settings]):
         self._token: str | None = None
         self._token_expires = 0.0
         self._login_lock = asyncio.Lock()
+        #: The last snapshot and the update_at of each person in it (see observe()).
+        self._previous: tuple[Observed, dict[str, int]] | None = None
+        #: Ids datasync/info listed at the last read.
+        self._ids: KeysView[str] = {}.keys()
+        self._full_read_at = 0.0
 
     # -- protocol ---------------------------------------------------------------------------
 
     async def observe(self) -> Observed:
+        """Everything on the device, read as cheaply as the datasync feed allows.
+
+        `/v2/datasync/info` lists every id with its `update_at`, which moves on every upsert.
+        The first read (and so every restart) pages through the whole listing; later reads
+        page-read only persons whose `update_at` moved or who are new, one GET each, and keep
+        everyone else from the previous read. What was read is remembered in this instance only,
+        for the daemon's lifetime. A feed that does not add up (no usable `update_at`, an id
+        twice, an answer for another id), more changed persons than a whole listing has pages,
+        or FULL_READ_EVERY elapsed, means a full read.
+        """
+        stamps = await self._stamps()
+        previous = self._previous
+        if (
+            stamps is not None
+            and previous is not None
+            and asyncio.get_running_loop().time() < self._full_read_at + self.FULL_READ_EVERY
+        ):
+            known, seen = previous
+            if stamps == seen and len(known.persons) == len(stamps):
+                return known  # nothing moved: the same snapshot, unchanged
+            changed = sorted(pid for pid, at in stamps.items() if seen.get(pid) != at)
+            if len(changed) <= -(-len(stamps) // PAGE_LIMIT):
+                observed = await self._changed_since(known, stamps, changed)
+                if observed is not None:
+                    self._remember(observed, stamps)
+                    return observed
+        return await self._read_all(stamps)
+
+    async def _stamps(self) -> dict[str, int] | None:
+        """Every id on the device with its update_at; None when they cannot be trusted."""
         info = await self._call("GET", "/v2/datasync/info")
         users = info.get("users") if isinstance(info, dict) else None
         if not isinstance(users, list):
             raise PermanentTargetError(self.name, "malformed /v2/datasync/info: no users list")
-        ids = {str(u["id"]) for u in users if isinstance(u, dict) and "id" in u}
+        try:
+            # The common case, at C speed: well-formed entries, each id once, integer stamps.
+            # Ids are interned: the same texts as the snapshot's keys, on every target.
+            stamps = {sys.intern(str(user["id"])): user["update_at"] for user in users}
+            usable = len(stamps) == len(users) and all(type(at) is int for at in stamps.values())
+        except (KeyError, TypeError):
+            stamps, usable = {}, False
+        if not usable:
+            # Something is off: keep every id that can be read, trust no stamp.
+            stamps = {
+                str(user["id"]): -1 for user in users if isinstance(user, dict) and "id" in user
+            }
+        self._ids = stamps.keys()
+        return stamps if usable else None
 
+    async def _changed_since(
+        self, known: Observed, stamps: dict[str, int], changed: list[str]
+    ) -> Observed | None:
+        """The previous snapshot with the changed persons read again and the gone dropped;
+        None when an answer does not fit the feed (then everything is read)."""
+        persons = {pid: seen for pid, seen in known.persons.items() if pid in stamps}
+
+        async def read(user_id: str) -> tuple[str, ObservedPerson | None]:
+            user = await self._call("GET", f"/v1/user/id/{user_id}", missing_ok=True)
+            if user is None:
+                return user_id, None
+            pid, record = observed_record(user, self.name)
+            return pid if pid == user_id else "", ObservedPerson(record=record)
+
+        async for user_id, seen in bounded(changed, read, self._settings.concurrency):
+            if not user_id:
+                return None
+            if seen is None:
+                persons.pop(user_id, None)  # deleted since the feed was read
+            else:
+                persons[user_id] = seen
+        return Observed(persons=persons)
+
+    async def _read_all(self, stamps: dict[str, int] | None) -> Observed:
+        """The whole listing, page by page; the feed's ids catch what paging missed."""
         first = await self._page(0)
         total = first.get("total")
         if not isinstance(total, int) or total < 0:
@@ -186,17 +285,32 @@ class NebulaPass(HttpTarget[Settings]):
 
         # The listing is offset-paged: a person added or removed while we paged shifts the
         # pages, so ids that datasync/info reports but the pages missed are read one by one.
-        missing = sorted(ids - persons.keys())
+        missing = sorted(self._ids - persons.keys())
         if len(missing) > MAX_SINGLE_READS:
             raise TemporaryTargetError(
                 self.name, f"the user list changed while it was read ({len(missing)} missed)"
             )
-        for user_id in missing:
-            user = await self._call("GET", f"/v1/user/id/{user_id}", missing_ok=True)
+
+        async def read(user_id: str) -> Any:
+            return await self._call("GET", f"/v1/user/id/{user_id}", missing_ok=True)
+
+        async for user in bounded(missing, read, self._settings.concurrency):
             if user is not None:
                 pid, record = observed_record(user, self.name)
                 persons[pid] = ObservedPerson(record=record)
-        return Observed(persons=dict(sorted(persons.items())))
+        observed = Observed(persons=persons)
+        self._full_read_at = asyncio.get_running_loop().time()
+        self._remember(observed, stamps)
+        return observed
+
+    def _remember(self, observed: Observed, stamps: dict[str, int] | None) -> None:
+        """Keep the snapshot and the update_at it was read at (read before the persons: a
+        person edited meanwhile looks changed next time, never the other way round)."""
+        if stamps is None:
+            self._previous = None
+            return
+        seen = {pid: stamps[pid] for pid in observed.persons if pid in stamps}
+        self._previous = (observed, seen)
 
     async def apply(
         self, changes: Sequence[Change], *, stop: asyncio.Event | None = None
@@ -248,8 +362,17 @@ class NebulaPass(HttpTarget[Settings]):
         return any(f.field == "avatar" for f in change.fields)
 
     async def _upsert(self, batch: list[Change]) -> list[Outcome]:
+        reads_photos = any(
+            c.person is not None and c.person.photo is not None and self._sends_avatar(c)
+            for c in batch
+        )
         try:
-            items = await asyncio.to_thread(self._wire_items, batch)
+            # Photo files are read off the event loop; a batch without any is built here.
+            items = (
+                await asyncio.to_thread(self._wire_items, batch)
+                if reads_photos
+                else self._wire_items(batch)
+            )
         except OSError as exc:
             return [
                 Outcome(change=c, ok=False, error=f"photo could not be read: {exc.strerror}")
@@ -424,6 +547,18 @@ class NebulaPass(HttpTarget[Settings]):
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _kept(value: Any) -> str:
+    """A text from a listing, interned: equal texts of many records share one object."""
+    if type(value) is str:
+        return sys.intern(value)
+    return "" if value is None else sys.intern(str(value))
+
+
+def _over(text: str, limit: int) -> bool:
+    """Longer than `limit` bytes in UTF-8 (encoded only when it could be: 4 bytes a character)."""
+    return len(text) * 4 > limit and len(text.encode()) > limit
 
 
 def _optional_int(value: Any) -> int | None:

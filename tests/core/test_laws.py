@@ -7,16 +7,18 @@ inputs give the same plan and fingerprint, whatever order they came in.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.core import changes, planning
+from reconciler.core import changes, diffs, planning
 from reconciler.core.changes import Action
 from reconciler.core.persons import Desired, Person, PersonType, Photo
-from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson
-from reconciler.core.records import Invalid
+from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson, TargetSpec
+from reconciler.core.records import Invalid, KindSpec, Record
 from tests.core.kinds import HASHER, SPEC, apply_in_memory, projection, render
 
 IDS = st.sampled_from([f"{n:03d}" for n in range(12)])
@@ -127,3 +129,84 @@ def test_same_inputs_in_any_order_give_the_same_plan_and_fingerprint(
     assert ids == sorted(ids)
     deletes = [c.person_id for c in first.changes if c.action is Action.DELETE]
     assert deletes == sorted(deletes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(situations(), situations(), st.randoms(use_true_random=False))
+def test_a_baseline_never_changes_the_plan(
+    before: tuple[Desired, Observed, dict[str, LedgerEntry]],
+    other: tuple[Desired, Observed, dict[str, LedgerEntry]],
+    chooser: random.Random,
+) -> None:
+    """The last plan spares looks, never changes an outcome: whatever changed since (persons
+    edited, added, removed or reloaded as equal copies; persons read again, or gone), under the
+    same ledger the plan is the one computed from scratch."""
+    desired, observed, ledger = before
+    last = planning.compute(desired, SPEC, observed, ledger, HASHER)
+
+    persons: dict[str, Person] = {}
+    for pid in sorted(set(desired.persons) | set(other[0].persons)):
+        mine, theirs = desired.persons.get(pid), other[0].persons.get(pid)
+        pick = chooser.choice([mine, theirs, dataclasses.replace(mine) if mine else None])
+        if pick is not None:
+            persons[pid] = pick
+    seen: dict[str, ObservedPerson] = {}
+    for pid in sorted(set(observed.persons) | set(other[1].persons)):
+        mine_seen, theirs_seen = observed.persons.get(pid), other[1].persons.get(pid)
+        copy = ObservedPerson(record=dict(mine_seen.record)) if mine_seen else None
+        pick_seen = chooser.choice([mine_seen, theirs_seen, copy])
+        if pick_seen is not None:
+            seen[pid] = pick_seen
+    now_desired = Desired(persons=persons)
+    now_observed = Observed(persons=seen)
+
+    baseline = planning.Baseline(desired=desired, observed=observed, plan=last)
+    spared = planning.compute(now_desired, SPEC, now_observed, ledger, HASHER, baseline=baseline)
+    assert spared == planning.compute(now_desired, SPEC, now_observed, ledger, HASHER)
+    # The very same inputs: the very same plan.
+    assert planning.compute(desired, SPEC, observed, ledger, HASHER, baseline=baseline) == last
+
+
+TYPED = KindSpec(
+    name="typed",
+    fields=("name", "admin", "level", "codes"),
+    observable=frozenset({"name", "admin", "level", "codes"}),
+)
+VALUES = st.one_of(
+    st.sampled_from(["", "a", "1"]),
+    st.sampled_from([0, 1, True, False, None]),
+    st.lists(st.sampled_from(["1", 1, True]), max_size=2),
+    st.fixed_dictionaries({"a": st.sampled_from([1, True, "1"])}),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"name": VALUES, "admin": VALUES, "level": VALUES, "codes": VALUES},
+        optional={"extra": VALUES},
+    ),
+    st.sets(st.sampled_from(["name", "admin", "level", "codes"]), max_size=1),
+)
+def test_the_fields_of_an_update_are_the_ones_deepdiff_finds_in_the_whole_record(
+    seen: dict[str, Any], missing: set[str]
+) -> None:
+    """Only some fields go to DeepDiff; the fields found are those of a whole-record diff,
+    types included (1 and True, "1" and 1, in lists and dicts too). Records equal as dicts are
+    in sync, as they always were."""
+
+    def typed(person: Person) -> Record:
+        return {"name": person.name, "admin": person.admin, "level": 1, "codes": {"a": 1}}
+
+    for name in missing:
+        del seen[name]
+    spec = TargetSpec(name="t", kind=TYPED, render=typed)
+    person = Person(id="1", name="a", admin=True)
+    record = typed(person)
+    ledger = {"1": LedgerEntry(person_id="1", fingerprint=HASHER.digest(record))}
+    observed = Observed(persons={"1": ObservedPerson(record=seen)})
+    plan = planning.compute(Desired(persons={"1": person}), spec, observed, ledger, HASHER)
+    if record == seen:
+        assert plan.changes == ()
+    else:
+        assert [c.fields for c in plan.changes] == [diffs.field_changes(record, seen)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconciler.core.records import Hasher
 from reconciler.core.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor
 
 
@@ -60,3 +61,10 @@ def test_a_known_secret_never_survives(secret: str, before: str, after: str) -> 
     shown = Redactor([secret]).value({"message": before + secret + after, "n": [secret]})
     assert secret not in shown["message"]
     assert secret not in shown["n"][0]
+
+
+def test_the_fingerprint_key_never_shows_in_a_repr() -> None:
+    """A traceback or a debug log printing the App must not hand out the fingerprint key."""
+    key = bytes(range(32))
+    assert repr(key) not in repr(Hasher(key))
+    assert key.hex() not in repr(Hasher(key))

@@ -232,6 +232,29 @@ async def test_datasync_info_lists_ids_update_at_and_groups(
     }
 
 
+async def test_the_feed_knob_breaks_datasync_info_as_asked(
+    client: Client, sim: NebulaPassSimulator
+) -> None:
+    assert await client.batch({"user_id": "3", "name": "张三"}) == []
+    sim.feed = "no_update_at"
+    _, body = await client.call("GET", "/v2/datasync/info")
+    assert body["data"]["users"] == [{"id": "3", "groups": []}]
+    sim.feed = "repeated_ids"
+    _, body = await client.call("GET", "/v2/datasync/info")
+    assert [u["id"] for u in body["data"]["users"]] == ["3", "3"]
+
+
+async def test_an_edit_at_the_device_moves_update_at_and_keeps_the_rest(
+    client: Client, sim: NebulaPassSimulator
+) -> None:
+    assert await client.batch({"user_id": "3", "name": "张三", "remark": "a"}) == []
+    before = dict(sim.users["3"])
+    sim.edit_user("3", remark="b")
+    after = sim.users["3"]
+    assert after["update_at"] > before["update_at"]
+    assert after == before | {"remark": "b", "update_at": after["update_at"]}
+
+
 async def test_a_mixed_batch_applies_the_valid_items_and_reports_the_others(
     client: Client, sim: NebulaPassSimulator
 ) -> None:

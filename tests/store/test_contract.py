@@ -244,3 +244,42 @@ async def test_a_waiting_writer_gets_the_target_once_it_is_released(backend: Bac
     finally:
         await one.aclose()
         await two.aclose()
+
+
+async def test_the_ledger_version_moves_with_every_ledger_write_and_only_then(
+    store: Store, backend: Backend
+) -> None:
+    versions = [await store.ledger_version("lobby")]
+
+    async def moved() -> bool:
+        versions.append(await store.ledger_version("lobby"))
+        return versions[-1] != versions[-2]
+
+    assert not await moved()
+    await store.mark_pending("lobby", ["1"])
+    assert await moved()
+    await store.record("lobby", [entry("1")])
+    assert await moved()
+    await store.adopt("lobby", {"2": None})
+    assert await moved()
+    await store.record_departments("lobby", [DepartmentEntry(department_id="D1")])
+    assert await moved()
+    await store.forget("lobby", ["2"])
+    assert await moved()
+    # Other targets' rows, attempts and passes leave this target's ledger as it was.
+    await store.record("kiosk", [entry("1")])
+    await store.record_attempts(
+        "lobby", [Attempt(person_id="1", fingerprint="fp", failures=1, next_try=2.0, error="e")]
+    )
+    await store.finish_pass(
+        await store.begin_pass("apply"), result="ok", plan_fingerprint=None, summary={}
+    )
+    assert not await moved()
+    # Another process writing the same store is seen too.
+    other = await backend.open()
+    try:
+        await other.record("kiosk", [entry("3")])
+    finally:
+        await other.aclose()
+    assert await moved()
+    assert not await moved()

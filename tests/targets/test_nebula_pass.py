@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trustme
 
-from reconciler.core.changes import Action
+from reconciler.core.changes import Action, Reason
 from reconciler.core.persons import Person, PersonType, Photo
 from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid
@@ -268,3 +268,112 @@ async def test_https_with_ca_file_and_without_verification(
         for target in targets:
             await target.aclose()
         await served.close()
+
+
+# -- the datasync feed: persons whose update_at did not move are not read again -----------------
+
+PAGES = "/v1/user/offset/{offset}/limit/{limit}"
+ONE = "/v1/user/id/{id}"
+
+
+async def test_a_second_read_with_nothing_changed_reads_no_page(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    target = make_target()
+    sync = Sync(target)
+    wanted = desired(*(person(f"{n:04d}") for n in range(250)))
+    await sync.converge(wanted)
+    first = await target.observe()  # our own writes moved every update_at: all read again
+    nebula.log.clear()
+
+    again = await target.observe()
+    assert again == first
+    assert nebula.log.count("GET", PAGES) == nebula.log.count("GET", ONE) == 0
+    assert nebula.log.count("GET", "/v2/datasync/info") == 1
+    assert (await sync.plan(wanted)).changes == ()
+
+
+async def test_a_person_edited_on_the_device_is_read_alone_and_planned_as_drift(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    target = make_target()
+    sync = Sync(target)
+    wanted = desired(*(person(f"{n:04d}", remark="kept") for n in range(250)))
+    await sync.converge(wanted)
+    await target.observe()
+    nebula.edit_user("0007", remark="edited at the device")
+    del nebula.users["0009"]  # and one removed there
+    nebula.log.clear()
+
+    plan = await sync.plan(wanted)
+    assert nebula.log.count("GET", PAGES) == 0
+    assert [e.path for e in nebula.log.entries if e.route == ONE] == ["/v1/user/id/0007"]
+    assert [(c.action, c.person_id, c.reason) for c in plan.changes] == [
+        (Action.UPDATE, "0007", Reason.DRIFT),
+        (Action.CREATE, "0009", Reason.DRIFT),
+    ]
+    assert [(f.field, f.old, f.new) for f in plan.changes[0].fields] == [
+        ("remark", "edited at the device", "kept")
+    ]
+
+
+async def test_a_new_instance_reads_everything_once(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    await Sync(make_target()).converge(desired(*(person(f"{n:04d}") for n in range(250))))
+    restarted = make_target()
+    nebula.log.clear()
+    await restarted.observe()
+    assert nebula.log.count("GET", PAGES) == 3
+    await restarted.observe()
+    assert nebula.log.count("GET", PAGES) == 3
+
+
+async def test_many_changed_persons_are_read_by_pages_not_one_by_one(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    target = make_target()
+    await Sync(target).converge(desired(*(person(f"{n:04d}") for n in range(250))))
+    await target.observe()
+    for n in range(4):  # more than the 3 pages a whole listing takes
+        nebula.edit_user(f"{n:04d}", remark="edited")
+    nebula.log.clear()
+    observed = await target.observe()
+    assert nebula.log.count("GET", PAGES) == 3
+    assert nebula.log.count("GET", ONE) == 0
+    assert observed.persons["0003"].record["remark"] == "edited"
+
+
+@pytest.mark.parametrize("breakage", ["no_update_at", "repeated_ids", "update_at not a number"])
+async def test_a_feed_that_does_not_add_up_means_a_full_read(
+    make_target: MakeTarget, nebula: NebulaPassSimulator, breakage: str
+) -> None:
+    target = make_target()
+    await Sync(target).converge(desired(*(person(f"{n:04d}") for n in range(250))))
+    await target.observe()
+    nebula.users["0001"]["name"] = "edited without moving update_at"
+    if breakage == "update_at not a number":
+        nebula.users["0002"]["update_at"] = "yesterday"
+    else:
+        nebula.feed = breakage  # type: ignore[assignment]
+    nebula.log.clear()
+    observed = await target.observe()
+    assert nebula.log.count("GET", PAGES) == 3
+    assert observed.persons["0001"].record["name"] == "edited without moving update_at"
+    nebula.log.clear()
+    await target.observe()  # and again, for as long as the feed cannot be trusted
+    assert nebula.log.count("GET", PAGES) == 3
+
+
+async def test_the_feed_is_not_trusted_alone_for_longer_than_full_read_every(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    target = make_target()
+    await Sync(target).converge(desired(person("1")))
+    await target.observe()
+    nebula.users["1"]["name"] = "edited without moving update_at"
+    target.FULL_READ_EVERY = 0.0
+    nebula.log.clear()
+    observed = await target.observe()
+    assert nebula.log.count("GET", PAGES) == 1
+    assert observed.persons["1"].record["name"] == "edited without moving update_at"

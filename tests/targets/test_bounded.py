@@ -1,0 +1,86 @@
+"""targets.base.bounded: the concurrency every adapter reads and writes with."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reconciler.targets.base import bounded
+
+#: Every wait here ends: a piece of work that never finishes fails the test by this time.
+DEADLINE = 5.0
+
+
+async def test_the_next_piece_starts_while_the_caller_still_holds_a_result() -> None:
+    started: list[int] = []
+    gates = {n: asyncio.Event() for n in range(6)}
+
+    async def work(n: int) -> int:
+        started.append(n)
+        await asyncio.wait_for(gates[n].wait(), DEADLINE)
+        return n
+
+    results = bounded(range(6), work, 2)
+    gates[0].set()
+    first = await asyncio.wait_for(anext(results), DEADLINE)
+    assert first == 0
+    # While we "record" result 0, pieces 1 and 2 are in flight: never more than the limit.
+    await asyncio.sleep(0)
+    assert started == [0, 1, 2]
+    gates[1].set()
+    await asyncio.sleep(0.01)  # 1 finishes while nobody asks for it: 3 starts anyway
+    assert started == [0, 1, 2, 3]
+    for gate in gates.values():
+        gate.set()
+    rest = [n async for n in results]
+    assert sorted([first, *rest]) == list(range(6))
+
+
+async def test_finished_results_waiting_for_the_caller_hold_new_work_back() -> None:
+    started: list[int] = []
+
+    async def work(n: int) -> int:
+        started.append(n)
+        return n
+
+    results = bounded(range(100), work, 2)
+    assert await asyncio.wait_for(anext(results), DEADLINE) in (0, 1)
+    await asyncio.sleep(0.01)
+    assert len(started) <= 5  # two in flight, two waiting, one taken
+    assert len([n async for n in results]) == 99
+
+
+async def test_once_stopped_nothing_new_starts_and_what_runs_is_yielded() -> None:
+    stop = asyncio.Event()
+    started: list[int] = []
+
+    async def work(n: int) -> int:
+        started.append(n)
+        if n == 1:
+            stop.set()
+        await asyncio.sleep(0.01)
+        return n
+
+    done = [n async for n in bounded(range(10), work, 3, stop=stop)]
+    assert sorted(done) == sorted(started)
+    assert len(started) == 3
+
+
+async def test_a_failing_piece_fails_the_whole_and_cancels_the_rest() -> None:
+    cancelled: list[int] = []
+
+    async def work(n: int) -> int:
+        if n == 0:
+            raise ValueError("boom")
+        try:
+            await asyncio.sleep(DEADLINE)
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+        return n
+
+    with pytest.raises(ValueError, match="boom"):
+        async for _ in bounded(range(10), work, 3):
+            pass
+    assert sorted(cancelled) == [1, 2]

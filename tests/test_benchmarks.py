@@ -1,0 +1,96 @@
+"""The benchmark harness at a tiny size, so that it cannot rot: structure and call counts only
+(never times: a shared machine makes them meaningless here)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import orjson
+import pytest
+
+from benchmarks import data, run
+from reconciler.core.records import Hasher
+from reconciler.sources import yamlfile
+
+SIZE = 200
+
+
+def test_the_generated_yaml_loads_into_the_desired_state_built_in_memory(tmp_path: Path) -> None:
+    hasher = Hasher(b"b" * 32)
+    targets = {"lobby": {"kind": "nebula_pass", "url": "http://127.0.0.1:9", "rate_limit": None}}
+    for version in (0, 1):
+        path = tmp_path / f"v{version}.yaml"
+        data.write_yaml(path, SIZE, version, targets)
+        loaded = yamlfile.load(path, env={}, hasher=hasher).desired
+        built = data.desired(SIZE, version, hasher)
+        assert loaded.persons == built.persons
+        assert loaded.departments == built.departments
+        assert loaded.digest == built.digest
+    changed = [
+        pid for pid, person in data.persons(SIZE, 1).items() if person != data.persons(SIZE, 0)[pid]
+    ]
+    assert len(changed) == data.changed_count(SIZE) == SIZE // 100
+
+
+@pytest.mark.timeout(300)
+def test_the_harness_runs_end_to_end_and_prints_one_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results.json"
+    code = run.main(
+        [
+            "--sizes",
+            str(SIZE),
+            "--kinds-at",
+            str(SIZE),
+            "--scale",
+            f"3x{SIZE}",
+            "--throughput",
+            "20",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(results),
+        ]
+    )
+    assert code == 0
+    found = orjson.loads(results.read_bytes())
+
+    measured = found[str(SIZE)]
+    changed = data.changed_count(SIZE)
+    # The product's calls, counted by the simulators: the minimum the API allows, and none
+    # at all when nothing changed.
+    assert measured["apply_calls"] == measured["first_sync_minimum"] == math.ceil(SIZE / 100)
+    assert measured["noop_writes"] == measured["noop_changes"] == 0
+    assert measured["changed"] == changed
+    assert measured["change_writes"] == measured["change_minimum"] == 1
+    assert measured["after_changes"] == 0
+    # The peers ran against the same device: the naive push rewrote everyone, the DeepDiff
+    # planner found the same changes as ours.
+    assert measured["naive_writes"] == math.ceil(SIZE / 100)
+    assert measured["deepdiff_changes"] == changed
+    for kind, calls in found["kinds"][str(SIZE)].items():
+        for phase, entry in calls.items():
+            assert entry["writes"] == entry["minimum"], (kind, phase, entry)
+        assert calls["noop"]["writes"] == 0
+    assert found["throughput"]["calls"] == found["throughput"]["persons"] == 20
+    scale = found["scale"][f"3x{SIZE}"]
+    assert scale["writes"] == scale["changes"] == 0
+    assert scale["errors"] == []
+
+    table = capsys.readouterr().out
+    assert table.startswith("Measured on ")
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| measure | 200 persons |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    rows = (
+        "warm `plan`",
+        "no-op daemon pass",
+        "naive full push",
+        "DeepDiff",
+        "3 targets",
+        "one call per",
+    )
+    for row in rows:
+        assert any(row in line for line in lines), row

@@ -107,7 +107,8 @@ async def until(check: Callable[[], bool], what: str, replicas: Sequence[Running
             if running.process.returncode is not None:
                 pytest.fail(f"a replica exited ({running.process.returncode}) awaiting {what}")
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            tails = [running.lines[-8:] for running in replicas]
+            pytest.fail(f"timed out waiting for {what}; the replicas' last log lines: {tails}")
         await asyncio.sleep(0.05)
 
 

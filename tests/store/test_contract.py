@@ -275,10 +275,10 @@ async def test_the_ledger_version_moves_with_every_ledger_write_and_only_then(
         await store.begin_pass("apply"), result="ok", plan_fingerprint=None, summary={}
     )
     assert not await moved()
-    # Another process writing the same store is seen too.
+    # Another process writing this target's ledger is seen too.
     other = await backend.open()
     try:
-        await other.record("kiosk", [entry("3")])
+        await other.record("lobby", [entry("3")])
     finally:
         await other.aclose()
     assert await moved()

@@ -238,9 +238,9 @@ class PostgresStore:
         """A checksum of the target's ledger and department ledger rows, as the server holds
         them: any write by any replica or CLI changes it (unless 64-bit hashes collide)."""
         rows = await self._fetch(
-            "SELECT (SELECT (count(*), coalesce(sum(hashtextextended(person_id || chr(31) || "
-            "coalesce(remote_id, chr(30)) || chr(31) || fingerprint || chr(31) || written || chr(31) "
-            "|| refs, 0)), 0))::text FROM ledger WHERE target = %s), "
+            "SELECT (SELECT (count(*), coalesce(sum(hashtextextended(person_id || chr(31) "
+            "|| coalesce(remote_id, chr(30)) || chr(31) || fingerprint || chr(31) || written "
+            "|| chr(31) || refs, 0)), 0))::text FROM ledger WHERE target = %s), "
             "(SELECT (count(*), coalesce(sum(hashtextextended(department_id || chr(31) || "
             "coalesce(parent, chr(30)) || chr(31) || fingerprint, 0)), 0))::text "
             "FROM department_ledger WHERE target = %s)",

@@ -7,12 +7,10 @@ the others. I/O through the app's targets and store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import gc
 import time
 import weakref
-from collections.abc import Collection, Hashable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -29,6 +27,7 @@ from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.core.records import Hasher
 from reconciler.errors import StoreError, TargetError
 from reconciler.executor import TargetReport
+from reconciler.sources.yamlfile import collector_paused
 from reconciler.targets.base import Target
 
 log = structlog.get_logger("reconciler.cycle")
@@ -96,7 +95,7 @@ async def plan(
     names = sorted(n for n in app.targets if targets is None or n in targets)
     # Reading targets and planning build a great many objects that live on (the snapshots);
     # collections meanwhile would walk the whole heap again and again for nothing.
-    with _collector_paused():
+    with collector_paused():
         planned = await asyncio.gather(*(one(name, app.targets[name]) for name in names))
     return Plan(
         desired_digest=desired.digest,
@@ -167,7 +166,7 @@ async def _compute(
             baseline = planning.Baseline(desired=last.desired, observed=previous, plan=last.plan)
     ledger = await app.store.ledger(name)
     departments = await app.store.departments(name) if spec.kind.departments else None
-    with _collector_paused():
+    with collector_paused():
         computed = planning.compute(
             desired,
             spec,
@@ -189,19 +188,6 @@ async def _compute(
             plan=computed,
         )
     return computed
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic collector off for a while (nested uses keep it off): for work that allocates
-    a great many objects that stay, where collections would walk the whole heap for nothing."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def log_plan(plan: Plan, *, mode: str) -> None:

@@ -261,9 +261,10 @@ _Loader.add_implicit_resolver(
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Parsing allocates millions of objects that all survive: the collector would only rescan
-    # them, again and again, as the tree grows. Re-entrant: only the outermost pause resumes.
+def collector_paused() -> Iterator[None]:
+    """The cyclic collector off for a while, for work that builds a great many objects that all
+    survive (parsing, reading and planning snapshots): collections would only rescan them, again
+    and again, as they grow. Re-entrant: only the outermost pause resumes it."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -312,7 +313,7 @@ def _pair(node: MappingNode, name: str) -> tuple[Node, Node] | None:
 
 def _compose(data: bytes) -> Node | None:
     try:
-        with _gc_paused():
+        with collector_paused():
             return yaml.compose(data, Loader=yaml.CSafeLoader)
     except yaml.YAMLError:
         return None
@@ -450,7 +451,7 @@ def load(
     sources = desired_files(path)
     report = _Report()
     # Everything built here survives until the end: collections would find nothing to free.
-    with _gc_paused():
+    with collector_paused():
         files = [
             file
             for index, source in enumerate(sources)

@@ -129,19 +129,7 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
 
 
 #: The fields of an observed record, in this order (KIND.observable).
-OBSERVED = (
-    "name",
-    "type",
-    "ic_number",
-    "id_number",
-    "job_number",
-    "pin",
-    "guest_time_start",
-    "guest_time_end",
-    "groups",
-    "is_admin",
-    "remark",
-)
+OBSERVED = tuple(f for f in FIELDS if f != "avatar")
 
 
 def observed_record(user: Any, target: str) -> tuple[str, Record]:

@@ -138,27 +138,21 @@ async def _compute(
     scope = frozenset(only) if only is not None else None
     version = await app.store.ledger_version(name) if observed is not None else None
     last = _last.get(target)
+    baseline = None
+    # The ledger, the scope and the key as then: the last plan still speaks for the persons
+    # whose desired and observed records are as then.
     if (
         observed is not None
         and last is not None
-        and last.desired is desired
         and last.ledger == version
         and last.only == scope
         and last.hasher is app.hasher
-        and (
+    ):
+        if last.desired is desired and (
             last.observed() is observed
             or last.plan.observed_digest == planning.observed_digest(observed, app.hasher)
-        )
-    ):
-        return last.plan
-    baseline = None
-    if (
-        observed is not None
-        and last is not None
-        and last.ledger == version
-        and last.only == scope
-        and last.hasher is app.hasher
-    ):
+        ):
+            return last.plan
         previous = last.observed()
         if previous is not None:
             # Only part changed (a new desired state, some persons read again): whoever the
@@ -250,10 +244,10 @@ def target_summary(plan: TargetPlan, report: TargetReport) -> dict[str, object]:
     """What one pass did to one target, as the store keeps it for `reconciler status`."""
     return {
         "kind": plan.kind,
-        "planned": {a.value: n for a in changes.Action if (n := plan.count(a))},
+        "planned": plan.planned,
         "applied": dict(report.applied_by_action),
         "failed": len(report.failures),
-        "drift": sum(1 for c in plan.changes if c.reason is changes.Reason.DRIFT),
+        "drift": plan.drift,
         "held": len(plan.held),
         "held_reason": plan.held_reason or None,
         "deferred": len(plan.deferred),

@@ -165,6 +165,19 @@ class TargetPlan:
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)
 
+    @property
+    def planned(self) -> dict[str, int]:
+        """Changes by action, only the actions present (create, update, replace, delete)."""
+        counts: dict[str, int] = {}
+        for change in self.changes:
+            counts[change.action.value] = counts.get(change.action.value, 0) + 1
+        return counts
+
+    @property
+    def drift(self) -> int:
+        """Changes found because the target changed, not the desired state."""
+        return sum(1 for c in self.changes if c.reason is Reason.DRIFT)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:

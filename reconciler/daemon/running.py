@@ -25,7 +25,7 @@ import structlog
 from reconciler import app as composition
 from reconciler import cycle
 from reconciler.app import App, Validated
-from reconciler.core.changes import Plan, Reason, TargetPlan
+from reconciler.core.changes import Plan, TargetPlan
 from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.daemon import server, watching
 from reconciler.daemon.leadership import Leadership
@@ -385,7 +385,6 @@ def target_pass(
     health: Health = HEALTHY,
 ) -> TargetPass:
     """What one pass did to one target, for /status and the metrics."""
-    planned = Counter(c.action.value for c in plan.changes)
     failed = Counter(f.action.value for f in report.failures) if report else Counter[str]()
     applied = dict(report.applied_by_action) if report else {}
     result: TargetResult
@@ -407,10 +406,10 @@ def target_pass(
         target=plan.target,
         kind=plan.kind,
         result=result,
-        planned=dict(planned),
+        planned=plan.planned,
         applied=applied,
         failed=dict(failed),
-        drift=sum(1 for c in plan.changes if c.reason is Reason.DRIFT),
+        drift=plan.drift,
         held=len(plan.held),
         held_reason=plan.held_reason,
         deferred=len(plan.deferred),

@@ -189,6 +189,35 @@ def ledger_row(target: str, entry: LedgerEntry) -> tuple[Any, ...]:
     )
 
 
+# Rows as both backends select them (the columns in the order read here) into core values.
+
+
+def departments_of(rows: Iterable[Sequence[Any]]) -> dict[str, DepartmentEntry]:
+    """From (department_id, parent, fingerprint, applied_at)."""
+    return {
+        did: DepartmentEntry(department_id=did, parent=parent, fingerprint=fp, applied_at=at)
+        for did, parent, fp, at in rows
+    }
+
+
+def attempts_of(rows: Iterable[Sequence[Any]]) -> dict[str, Attempt]:
+    """From (person_id, fingerprint, failures, next_try, error)."""
+    return {
+        pid: Attempt(person_id=pid, fingerprint=fp, failures=failures, next_try=at, error=error)
+        for pid, fp, failures, at, error in rows
+    }
+
+
+def health_of(rows: Iterable[Sequence[Any]]) -> dict[str, Health]:
+    """From (target, failing_passes, since, until, quarantines, error)."""
+    return {
+        target: Health(
+            failing_passes=failing, since=since, until=until, quarantines=count, error=error
+        )
+        for target, failing, since, until, count, error in rows
+    }
+
+
 def migrations(dialect: Literal["sqlite", "postgres"]) -> list[tuple[int, str]]:
     """The schema migrations shipped in the package for a dialect, in order.
 

@@ -254,12 +254,7 @@ class PostgresStore:
             "WHERE target = %s ORDER BY department_id",
             (target,),
         )
-        return {
-            did: DepartmentEntry(
-                department_id=did, parent=parent, fingerprint=fp, applied_at=applied_at
-            )
-            for did, parent, fp, applied_at in rows
-        }
+        return base.departments_of(rows)
 
     async def record_departments(
         self, target: str, applied: Sequence[DepartmentEntry], deleted: Sequence[str] = ()
@@ -292,10 +287,7 @@ class PostgresStore:
             "WHERE target = %s",
             (target,),
         )
-        return {
-            pid: Attempt(person_id=pid, fingerprint=fp, failures=failures, next_try=at, error=error)
-            for pid, fp, failures, at, error in rows
-        }
+        return base.attempts_of(rows)
 
     async def record_attempts(
         self, target: str, failed: Sequence[Attempt], succeeded: Sequence[str] = ()
@@ -327,16 +319,7 @@ class PostgresStore:
             "SELECT target, failing_passes, since, until, quarantines, error "
             "FROM target_health ORDER BY target"
         )
-        return {
-            target: Health(
-                failing_passes=failing,
-                since=since,
-                until=until,
-                quarantines=quarantines,
-                error=error,
-            )
-            for target, failing, since, until, quarantines, error in rows
-        }
+        return base.health_of(rows)
 
     async def record_health(self, target: str, health: Health) -> None:
         async with self._cursor(write_for=target) as cur:

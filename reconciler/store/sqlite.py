@@ -222,17 +222,13 @@ class SqliteStore:
         """The departments we created on a target (kinds with departments)."""
 
         def read(db: sqlite3.Connection) -> dict[str, DepartmentEntry]:
-            rows = db.execute(
-                "SELECT department_id, parent, fingerprint, applied_at FROM department_ledger "
-                "WHERE target = ? ORDER BY department_id",
-                (target,),
-            )
-            return {
-                did: DepartmentEntry(
-                    department_id=did, parent=parent, fingerprint=fp, applied_at=applied_at
+            return base.departments_of(
+                db.execute(
+                    "SELECT department_id, parent, fingerprint, applied_at FROM department_ledger "
+                    "WHERE target = ? ORDER BY department_id",
+                    (target,),
                 )
-                for did, parent, fp, applied_at in rows
-            }
+            )
 
         return await self._with_db(read)
 
@@ -268,17 +264,13 @@ class SqliteStore:
         """Failed changes of a target waiting out their back-off."""
 
         def read(db: sqlite3.Connection) -> dict[str, Attempt]:
-            rows = db.execute(
-                "SELECT person_id, fingerprint, failures, next_try, error FROM attempts "
-                "WHERE target = ?",
-                (target,),
-            )
-            return {
-                pid: Attempt(
-                    person_id=pid, fingerprint=fp, failures=failures, next_try=at, error=error
+            return base.attempts_of(
+                db.execute(
+                    "SELECT person_id, fingerprint, failures, next_try, error FROM attempts "
+                    "WHERE target = ?",
+                    (target,),
                 )
-                for pid, fp, failures, at, error in rows
-            }
+            )
 
         return await self._with_db(read)
 
@@ -312,20 +304,12 @@ class SqliteStore:
         """Targets that are failing or quarantined (core.quarantine); the rest are healthy."""
 
         def read(db: sqlite3.Connection) -> dict[str, Health]:
-            rows = db.execute(
-                "SELECT target, failing_passes, since, until, quarantines, error "
-                "FROM target_health ORDER BY target"
-            )
-            return {
-                target: Health(
-                    failing_passes=failing,
-                    since=since,
-                    until=until,
-                    quarantines=quarantines,
-                    error=error,
+            return base.health_of(
+                db.execute(
+                    "SELECT target, failing_passes, since, until, quarantines, error "
+                    "FROM target_health ORDER BY target"
                 )
-                for target, failing, since, until, quarantines, error in rows
-            }
+            )
 
         return await self._with_db(read)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any, Literal
 
-import orjson
 import structlog
 
 from reconciler.core.redaction import Redactor
@@ -41,20 +41,49 @@ def _redact_event(
     return redacted
 
 
+_stamped_second = (0, "")
+
+
+def _stamp(
+    logger: structlog.typing.WrappedLogger, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """structlog's ISO UTC timestamp, to the microsecond, with the date and time of day
+    formatted once a second: TimeStamper's datetime formatting was a fifth of a log line."""
+    global _stamped_second
+    now = time.time()
+    second = int(now)
+    if second != _stamped_second[0]:
+        _stamped_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    event["timestamp"] = f"{_stamped_second[1]}.{int((now - second) * 1_000_000):06d}Z"
+    return event
+
+
+def _json_fallback(value: Any) -> Any:
+    """What orjson cannot encode is shown by its repr, which may quote a secret too."""
+    return _redactor.text(repr(value))
+
+
+def _render_json(
+    logger: structlog.typing.WrappedLogger, method: str, event: structlog.typing.EventDict
+) -> bytes:
+    """Redaction and rendering in one: a line is serialized once, and walked only when its
+    text holds anything the redactor must look at (core.redaction.Redactor.json)."""
+    return _redactor.json(event, _json_fallback)
+
+
 def configure(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> None:
     """Set up structlog for the whole process; call once, from the CLI."""
     json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _stamp,
     ]
     # Tracebacks are formatted to text first, so that the redactor sees them too.
     if json:
         processors += [
             structlog.processors.format_exc_info,
-            _redact_event,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            _render_json,
         ]
         factory: structlog.typing.WrappedLogger = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -68,3 +71,46 @@ def test_the_fingerprint_key_never_shows_in_a_repr() -> None:
     key = bytes(range(32))
     assert repr(key) not in repr(Hasher(key))
     assert key.hex() not in repr(Hasher(key))
+
+
+_KEYS = st.sampled_from(
+    ["name", "note", "password", "Pin", "id_number", "token", "to\u212aen", "x"]
+)
+_SECRET_TEXT = st.sampled_from(["s3cret-lobby-pw", 'quo"te-secret', "plain"])
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.text(max_size=8)
+    | _SECRET_TEXT
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(_KEYS | st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(value=st.dictionaries(_KEYS, _VALUES, max_size=5))
+def test_a_log_line_shows_what_the_walk_shows(value: dict[str, object]) -> None:
+    """The log line's fast path (serialize, then walk only if a rule may apply) renders
+    exactly what walking first would."""
+    redactor = Redactor(["s3cret-lobby-pw", 'quo"te-secret'])
+    assert orjson.loads(redactor.json(value, repr)) == orjson.loads(
+        orjson.dumps(redactor.value(value), default=repr)
+    )
+
+
+def test_a_log_line_walks_what_orjson_shows_by_repr() -> None:
+    """A mapping orjson cannot encode is shown by its repr, so it is walked first."""
+    redactor = Redactor(["s3cret-lobby-pw"])
+    line = redactor.json({"m": MappingProxyType({"password": "x", "n": "s3cret-lobby-pw"})}, repr)
+    assert orjson.loads(line) == {"m": {"password": REDACTED, "n": REDACTED}}
+
+
+def test_a_log_line_survives_an_integer_json_cannot_hold_in_64_bits() -> None:
+    line = Redactor(["s3cret-lobby-pw"]).json({"n": 2**70, "e": "s3cret-lobby-pw"}, repr)
+    assert orjson.loads(line) == {"n": 2**70, "e": REDACTED}

@@ -209,10 +209,12 @@ async def bounded(
         nonlocal exhausted
         pending.discard(task)
         ready.append(task)
-        arrived.set()
         if not task.cancelled() and task.exception() is not None:
             exhausted = True
+        # The next request first, then the caller: its first steps are queued ahead of the
+        # caller's wake-up, so recording a result never holds back a send.
         start()
+        arrived.set()
 
     try:
         start()

@@ -40,7 +40,8 @@ class Faults:
     for tests that need a deterministic sequence. `seed` makes the random draws reproducible.
     """
 
-    #: Seconds added to every request.
+    #: Seconds from a request's arrival to its answer, at the least: a device that takes this
+    #: long per call, its own work included (the simulator's work is not added on top).
     latency: float = 0.0
     #: Probability of answering 503.
     error_rate: float = 0.0
@@ -212,6 +213,8 @@ class Simulator(abc.ABC):
             reset = False
             try:
                 response = await self._answer(request, handler, route)
+                if self.faults.latency > 0.0 and (route is None or not route.exempt):
+                    await asyncio.sleep(self.faults.latency - (time.monotonic() - arrived))
                 response.headers.update(self.response_headers())
                 status = response.status
                 if (route is None or not route.exempt) and self.faults.roll(self.faults.reset_rate):
@@ -257,8 +260,6 @@ class Simulator(abc.ABC):
 
     async def _fault(self, request: web.Request) -> web.Response | None:
         faults = self.faults
-        if faults.latency > 0.0:
-            await asyncio.sleep(faults.latency)
         if faults.fail_next:
             return self._failure(faults.fail_next.pop(0))
         if faults.roll(faults.timeout_rate) and not await _hang(request, faults.hang_seconds):

@@ -131,6 +131,10 @@ class Bench:
         out["apply_persons_rate"] = size / sync["apply"]
         out["apply_in_flight"] = stats["writes_in_flight"]
         out["apply_call_ms"] = stats["write_seconds"] * 1000
+        # Before the first write: the plan's log lines, the write-ahead rows; then the rate
+        # between the first write's arrival and the last one's answer.
+        out["apply_lead"] = stats["first_write"] - sync["apply_started"]
+        out["apply_sustained"] = stats["writes"] / (stats["last_write"] - stats["first_write"])
         out["first_sync_minimum"] = MINIMUM["nebula_pass"](size)
 
         # The CLI: a cold plan (desired files never seen: no cache, the ledger kept), then warm.
@@ -447,8 +451,10 @@ def table(results: Mapping[str, Any]) -> str:
         "(nebula_pass first sync): calls/s (persons/s)",
         lambda r: (
             f"{r['apply_rate']:.0f} ({r['apply_persons_rate']:.0f}) = "
-            f"{r['apply_rate'] / (4 / LATENCY):.0%}; in flight {r['apply_in_flight']:.2f} of 4, "
-            f"{r['apply_call_ms']:.1f} ms a call at the target"
+            f"{r['apply_rate'] / (4 / LATENCY):.0%}; {r['apply_lead']:.2f} s before the first "
+            f"write, then {r['apply_sustained']:.0f} = {r['apply_sustained'] / (4 / LATENCY):.0%}; "
+            f"in flight {r['apply_in_flight']:.2f} of 4, {r['apply_call_ms']:.1f} ms a call at "
+            "the target"
         ),
         f"≥ 90 % of {4 / LATENCY:.0f} calls/s",
         lambda r: r["apply_rate"] >= 0.9 * 4 / LATENCY,

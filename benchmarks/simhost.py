@@ -94,6 +94,10 @@ class _Host:
             "writes_in_flight": busy / (last - first) if writes and last > first else 0.0,
             # Seconds a write took at the simulator, arrival to answer (median).
             "write_seconds": statistics.median(spans) if spans else 0.0,
+            # time.monotonic() of the first write's arrival and the last one's answer, which
+            # the measured process compares with its own clock (the same clock, machine-wide).
+            "first_write": first if writes else None,
+            "last_write": last if writes else None,
         }
 
     def clear(self, indices: Sequence[int] | None) -> dict[str, Any]:

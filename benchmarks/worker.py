@@ -73,11 +73,14 @@ async def one_pass(app: App) -> dict[str, Any]:
     started = time.perf_counter()
     plan = await cycle.plan(app, backoff=True)
     planned = time.perf_counter()
+    # The simulators' request log keeps time.monotonic(): the moment apply began, on that clock.
+    apply_started = time.monotonic()
     report = await cycle.apply(app, plan)
     applied = time.perf_counter()
     return {
         "plan": planned - started,
         "apply": applied - planned,
+        "apply_started": apply_started,
         "total": applied - started,
         "changes": sum(plan.summary().values()),
         "applied": report.applied,

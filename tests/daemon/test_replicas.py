@@ -141,6 +141,8 @@ async def test_replicas_share_targets_one_writer_each_and_take_over_a_killed_one
             "the first sync",
             running,
         )
+        # The others may have synced everything before a slow starter says where it listens.
+        await until(lambda: all(r.url for r in running), "every replica listening", running)
         async with aiohttp.ClientSession() as http:
             owners: dict[str, str] = {}
 

@@ -112,9 +112,15 @@ class Redactor:
         name = key.lower() if isinstance(key, str) else key
         if name in _HASH_KEYS:
             return item
-        if name in SECRET_KEYS and item is not None and not isinstance(item, Mapping | bool):
+        if _replaced(name, item):
             return REDACTED
         return self.value(item)
+
+
+def _replaced(name: Any, item: Any) -> bool:
+    """The key rule: under a secret key (`name` lower-cased) anything but null, a boolean or a
+    mapping (walked on: the plan's `{"sensitive": true}` marker) is replaced."""
+    return name in SECRET_KEYS and item is not None and not isinstance(item, Mapping | bool)
 
 
 def _keys_harmless(value: Any) -> bool:
@@ -127,10 +133,10 @@ def _keys_harmless(value: Any) -> bool:
             if key not in _PLAIN_KEYS:
                 if not isinstance(key, str):
                     return False
-                if key.lower() in SECRET_KEYS:
-                    if not (item is None or isinstance(item, bool | dict)):
-                        return False
-                elif len(_PLAIN_KEYS) < _PLAIN_KEYS_KEPT:
+                name = key.lower()
+                if _replaced(name, item):
+                    return False
+                if name not in SECRET_KEYS and len(_PLAIN_KEYS) < _PLAIN_KEYS_KEPT:
                     _PLAIN_KEYS.add(key)
             if type(item) not in _SCALARS and not _keys_harmless(item):
                 return False

@@ -209,15 +209,17 @@ class Simulator(abc.ABC):
             template = resource.canonical if resource is not None else request.path
             route = by_template.get((request.method, template))
             arrived = time.monotonic()
+            # Exempt routes (an unauthenticated heartbeat, say) see no fault and no latency.
+            faulty = route is None or not route.exempt
             status = HTTPStatus.INTERNAL_SERVER_ERROR.value
             reset = False
             try:
-                response = await self._answer(request, handler, route)
-                if self.faults.latency > 0.0 and (route is None or not route.exempt):
+                response = await self._answer(request, handler, faulty)
+                if faulty and self.faults.latency > 0.0:
                     await asyncio.sleep(self.faults.latency - (time.monotonic() - arrived))
                 response.headers.update(self.response_headers())
                 status = response.status
-                if (route is None or not route.exempt) and self.faults.roll(self.faults.reset_rate):
+                if faulty and self.faults.roll(self.faults.reset_rate):
                     reset = _drop(request)
                 return response
             finally:
@@ -244,10 +246,10 @@ class Simulator(abc.ABC):
         return app
 
     async def _answer(
-        self, request: web.Request, handler: Handler, route: Route | None
+        self, request: web.Request, handler: Handler, faulty: bool
     ) -> web.StreamResponse:
         try:
-            if route is None or not route.exempt:
+            if faulty:
                 fault = await self._fault(request)
                 if fault is not None:
                     return fault

@@ -297,7 +297,7 @@ async def _plan(options: Options) -> Plan:
     async with composition.open_app(
         options.settings, desired_path=options.file, targets=options.targets
     ) as app:
-        return await cycle.plan(app, only=options.only)
+        return await cycle.plan(app, only=options.only, recall=True)
 
 
 #: Recent passes read for `status`: enough to find every target's last one in a busy store.
@@ -439,7 +439,7 @@ async def _apply(
         if dry_run
         else app.store.writer(app.targets, wait=options.settings.lock_wait),
     ):
-        computed = await cycle.plan(app, only=options.only)
+        computed = await cycle.plan(app, only=options.only, recall=True)
         if saved is not None:
             check_fresh(saved, computed)
         if release:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import sys
 import time
 import weakref
 from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import structlog
 
-from reconciler import executor
+from reconciler import executor, provenance
 from reconciler.app import App
 from reconciler.core import attempts, changes, planning, quarantine, safety
 from reconciler.core.changes import Plan, TargetPlan
@@ -28,7 +31,8 @@ from reconciler.core.records import Hasher
 from reconciler.errors import StoreError, TargetError
 from reconciler.executor import TargetReport
 from reconciler.sources.yamlfile import collector_paused
-from reconciler.targets.base import Target
+from reconciler.store.base import Settled
+from reconciler.targets.base import Feed, Target
 
 log = structlog.get_logger("reconciler.cycle")
 
@@ -57,14 +61,18 @@ async def plan(
     only: Collection[str] | None = None,
     backoff: bool = False,
     targets: Collection[str] | None = None,
+    recall: bool = False,
 ) -> Plan:
     """Observe every target (or only `targets`) and compute the plan, guards applied; changes
-    nothing anywhere.
+    nothing anywhere (but the settled plans remembered in the store).
 
     Held deletes are released afterwards, and only by an operator (apply --allow-mass-delete).
     With `backoff` (the daemon), changes that failed before wait out their back-off and a
     quarantined target is left alone until its quarantine ends; an operator's own plan and
-    apply try everything. A replica plans only the targets it holds.
+    apply try everything. A replica plans only the targets it holds. With `recall` (a command,
+    which has nothing in memory), a target whose change feed, ledger, desired state and
+    settings are all as when its last settled plan was made is neither read nor planned: that
+    plan stands (see _recall).
     """
     desired = app.desired.loaded.desired
     health = await app.store.health()
@@ -79,13 +87,23 @@ async def plan(
         if backoff and record.quarantined(time.time()):
             log.info("target.quarantined", target=name, until=record.until, error=record.error)
             return TargetPlan(target=name, kind=spec.kind.name, health=record, quarantined=True)
+        recalled = observed = None
         try:
-            observed = await target.observe() if spec.kind.can_list else None
+            feed = await target.feed() if spec.kind.can_list else None
+            if feed is not None and recall and desired.digest:
+                recalled = await _recall(app, target, desired, feed, only)
+            if recalled is None and spec.kind.can_list:
+                observed = await target.observe()
         except TargetError as exc:
             log.error("target.unobservable", target=name, error=exc.message)
             return TargetPlan(target=name, kind=spec.kind.name, error=exc.message, health=record)
-        async with planning_turn:
-            computed = await _compute(app, target, desired, observed, only)
+        if recalled is not None:
+            computed = recalled
+        else:
+            async with planning_turn:
+                computed = await _compute(app, target, desired, observed, only)
+            if feed is not None and desired.digest:
+                await _remember(app, target, desired, feed, only, computed)
         checked = safety.check(computed, target.settings.delete_limit, in_scope=computed.in_scope)
         checked = dataclasses.replace(checked, health=record)
         if backoff and checked.changes:
@@ -182,6 +200,98 @@ async def _compute(
             plan=computed,
         )
     return computed
+
+
+#: Per target: the key of the settled plan last remembered in the store, so that the daemon's
+#: passes write it once, not every pass.
+_remembered: weakref.WeakKeyDictionary[Target, str] = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def _code() -> str:
+    """Every module of the package: plans made by other code are never recalled."""
+    package = Path(__file__).parent
+    modules = sorted(package.rglob("*.py"))
+    return provenance.code_digest(b"reconciler settled plan 1", modules, (sys.version,)).hex()
+
+
+def _settled_key(
+    app: App,
+    target: Target,
+    desired: Desired,
+    feed: Feed,
+    version: Hashable,
+    only: Collection[str] | None,
+) -> str:
+    """A keyed digest of everything a target's plan is made from: the code, the target's
+    settings (secrets masked by pydantic), the desired state, the ledger, the scope and what the
+    target's change feed says."""
+    return app.hasher.digest(
+        [
+            _code(),
+            target.spec.name,
+            target.spec.kind.name,
+            target.settings.model_dump(mode="json"),
+            desired.digest,
+            repr(version),
+            sorted(only) if only is not None else None,
+            feed.digest,
+        ]
+    )
+
+
+async def _recall(
+    app: App, target: Target, desired: Desired, feed: Feed, only: Collection[str] | None
+) -> TargetPlan | None:
+    """The target's last settled plan when everything it was made from is as then and the feed
+    is still trusted; None otherwise (then the target is read and planned). A store that
+    cannot say is a miss: planning then reads the ledger and says what is wrong."""
+    name = target.spec.name
+    try:
+        version = await app.store.ledger_version(name)
+        settled = await app.store.settled(name)
+    except StoreError:
+        return None
+    if (
+        settled is None
+        or settled.key != _settled_key(app, target, desired, feed, version, only)
+        or time.time() >= settled.expires_at
+    ):
+        return None
+    recalled = changes.settled_plan(settled.plan)
+    if recalled is None or recalled.target != name or recalled.kind != target.spec.kind.name:
+        return None
+    log.info("plan.recalled", target=name, until=settled.expires_at)
+    return recalled
+
+
+async def _remember(
+    app: App,
+    target: Target,
+    desired: Desired,
+    feed: Feed,
+    only: Collection[str] | None,
+    plan: TargetPlan,
+) -> None:
+    """Keep a settled plan in the store, keyed on what it was made from: the feed read before
+    the target was (a person changed in between makes the next key differ, never the other
+    way round) and the ledger version read before the ledger was."""
+    computed = _last.get(target)
+    document = changes.settled_document(plan)
+    if computed is None or computed.plan is not plan or document is None:
+        return
+    key = _settled_key(app, target, desired, feed, computed.ledger, only)
+    if _remembered.get(target) == key:
+        return
+    try:
+        await app.store.remember_settled(
+            target.spec.name, Settled(key=key, plan=document, expires_at=feed.trusted_until)
+        )
+    except StoreError as exc:
+        # Only an optimisation is lost: the next command reads the target again.
+        log.warning("plan.not_remembered", target=target.spec.name, error=str(exc))
+        return
+    _remembered[target] = key
 
 
 def log_plan(plan: Plan, *, mode: str) -> None:

@@ -244,7 +244,7 @@ async def test_a_saved_plan_is_applied_exactly_or_refused_when_stale(
 
     again = await site.run("plan", "--out", "plan2.json")
     assert again.code == 0
-    nebula.users["1002"]["name"] = "edited on the device"
+    nebula.edit_user("1002", name="edited on the device")
     nebula.log.clear()
     stale = await site.run("apply", "plan2.json", "--yes")
     assert stale.code == 1

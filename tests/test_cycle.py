@@ -1,9 +1,12 @@
 """One pass (cycle.plan) against a simulator: a pass whose inputs did not change reuses the last
 plan without reading the ledger, and any change of the desired state, the device or the ledger
-plans again."""
+plans again. A new process recalls the last settled plan from the store on the same terms."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from reconciler.core.changes import Action, Reason
 from reconciler.settings import Settings
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.store.sqlite import SqliteStore
+from reconciler.targets.nebula_pass import NebulaPass
 
 PASSWORD = "s3cret-lobby-pw"
 
@@ -128,3 +132,152 @@ async def test_a_new_desired_state_plans_again(
     only = await cycle.plan(opened, only=["1"], backoff=True)
     assert len(computed) == 4
     assert only.targets["lobby"].changes == ()
+
+
+# -- a new process (a command): the settled plan remembered in the store ----------------------
+
+LISTING = "/v1/user/offset/{offset}/limit/{limit}"
+
+
+@contextlib.asynccontextmanager
+async def process(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
+    """The App a new `reconciler plan` builds: new targets, nothing in memory."""
+    opened = Settings(state_dir=tmp_path / "state", desired=tmp_path / "desired.yaml", **settings)
+    async with composition.open_app(opened, env={"LOBBY_PASSWORD": PASSWORD}) as app:
+        yield app
+
+
+async def settled_then_recalled(
+    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
+) -> None:
+    """Converged, then one command plans (reading the device) and remembers it settled."""
+    await converge(opened)
+    async with process(tmp_path) as app:
+        first = await cycle.plan(app, recall=True)
+    assert not first.has_changes
+    computed.clear()
+    nebula.log.clear()
+
+
+async def test_a_new_process_recalls_the_settled_plan_without_reading_the_device(
+    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
+) -> None:
+    await converge(opened)
+    async with process(tmp_path) as app:
+        first = await cycle.plan(app, recall=True)
+    assert computed == ["lobby", "lobby"]
+    assert nebula.log.count(route=LISTING) > 0
+    nebula.log.clear()
+
+    async with process(tmp_path) as app:
+        again = await cycle.plan(app, recall=True)
+    assert computed == ["lobby", "lobby"]  # not planned again
+    assert nebula.log.count(route=LISTING) == 0  # nor read: the feed alone
+    assert nebula.log.count(route="/v2/datasync/info") == 1
+    assert again.targets == first.targets
+    assert again.fingerprint == first.fingerprint
+
+
+async def test_the_daemon_remembers_its_settled_plan_for_a_command(
+    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
+) -> None:
+    await converge(opened)
+    await cycle.plan(opened, backoff=True)  # the daemon's pass: never recalls, but remembers
+    nebula.log.clear()
+    async with process(tmp_path) as app:
+        plan = await cycle.plan(app, recall=True)
+    assert len(computed) == 2
+    assert nebula.log.count(route=LISTING) == 0
+    assert not plan.has_changes
+
+
+async def test_a_device_edit_is_not_recalled_over(
+    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
+) -> None:
+    await settled_then_recalled(tmp_path, opened, nebula, computed)
+    nebula.edit_user("2", name="edited at the device")
+    async with process(tmp_path) as app:
+        plan = await cycle.plan(app, recall=True)
+    assert computed == ["lobby"]
+    assert [(c.action, c.person_id, c.reason) for c in plan.targets["lobby"].changes] == [
+        (Action.UPDATE, "2", Reason.DRIFT)
+    ]
+
+
+async def test_a_ledger_write_by_any_process_is_not_recalled_over(
+    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
+) -> None:
+    await settled_then_recalled(tmp_path, opened, nebula, computed)
+    # Straight into the file, as an operator's sqlite3 shell would: the triggers still count it.
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "reconciler.sqlite3")) as db, db:
+        db.execute("DELETE FROM ledger WHERE target = 'lobby' AND person_id = '3'")
+    async with process(tmp_path) as app:
+        plan = await cycle.plan(app, recall=True)
+    assert computed == ["lobby"]
+    assert plan.targets["lobby"].foreign == ("3",)
+
+
+async def test_new_settings_or_a_new_scope_are_not_recalled_over(
+    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
+) -> None:
+    await settled_then_recalled(tmp_path, opened, nebula, computed)
+    path = tmp_path / "desired.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("rate_limit: null", "rate_limit: 1000"), encoding="utf-8")
+    async with process(tmp_path) as app:
+        assert not (await cycle.plan(app, recall=True)).has_changes
+    assert computed == ["lobby"]
+
+    async with process(tmp_path) as app:
+        only = await cycle.plan(app, only=["1"], recall=True)
+    assert computed == ["lobby", "lobby"]
+    assert only.targets["lobby"].in_scope == 3
+
+
+async def test_a_desired_edit_is_not_recalled_over(
+    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, nebula_url: str, computed: list[str]
+) -> None:
+    await settled_then_recalled(tmp_path, opened, nebula, computed)
+    write(tmp_path / "desired.yaml", nebula_url, {"1": "one", "2": "two", "3": "three, renamed"})
+    async with process(tmp_path) as app:
+        plan = await cycle.plan(app, recall=True)
+    assert computed == ["lobby"]
+    assert [(c.action, c.person_id) for c in plan.targets["lobby"].changes] == [
+        (Action.UPDATE, "3")
+    ]
+
+
+async def test_a_settled_plan_is_not_recalled_once_the_feed_is_no_longer_trusted(
+    tmp_path: Path,
+    opened: App,
+    nebula: NebulaPassSimulator,
+    computed: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await settled_then_recalled(tmp_path, opened, nebula, computed)
+    later = time.time() + NebulaPass.FULL_READ_EVERY + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    async with process(tmp_path) as app:
+        await cycle.plan(app, recall=True)
+    assert computed == ["lobby"]
+    assert nebula.log.count(route=LISTING) > 0
+
+
+async def test_a_settled_plan_made_by_other_code_or_mangled_is_a_miss(
+    tmp_path: Path,
+    opened: App,
+    nebula: NebulaPassSimulator,
+    computed: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await settled_then_recalled(tmp_path, opened, nebula, computed)
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "reconciler.sqlite3")) as db, db:
+        db.execute("UPDATE settled_plans SET plan = '{\"target\": 1}'")
+    async with process(tmp_path) as app:
+        assert not (await cycle.plan(app, recall=True)).has_changes
+    assert computed == ["lobby"]
+
+    monkeypatch.setattr(cycle, "_code", lambda: "another release")
+    async with process(tmp_path) as app:
+        assert not (await cycle.plan(app, recall=True)).has_changes
+    assert computed == ["lobby", "lobby"]

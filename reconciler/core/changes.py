@@ -339,3 +339,62 @@ def document(plan: Plan) -> dict[str, Any]:
         "targets": targets,
         "summary": plan.summary(),
     }
+
+
+def settled_document(plan: TargetPlan) -> dict[str, Any] | None:
+    """What a settled plan (as planning computed it: nothing to send, nothing to bookkeep)
+    holds, as JSON; None for any other plan, which is never kept. No values, only ids."""
+    if (
+        plan.changes
+        or plan.held
+        or plan.forget
+        or plan.refresh
+        or plan.departments
+        or plan.held_departments
+        or plan.deferred
+        or plan.error is not None
+        or plan.write_only
+        or plan.quarantined
+        or plan.observed_digest is None
+    ):
+        return None
+    return {
+        "target": plan.target,
+        "kind": plan.kind,
+        "observed_digest": plan.observed_digest,
+        "managed": plan.managed,
+        "in_scope": plan.in_scope,
+        "suspended": plan.suspended,
+        "invalid": [[i.person_id, i.error] for i in plan.invalid],
+        "foreign": list(plan.foreign),
+    }
+
+
+def settled_plan(document: Mapping[str, Any]) -> TargetPlan | None:
+    """The settled plan a settled_document() describes; None when it does not describe one."""
+    texts = ("target", "kind", "observed_digest")
+    counts = ("managed", "in_scope")
+    invalid, foreign = document.get("invalid"), document.get("foreign")
+    if (
+        not all(isinstance(document.get(key), str) for key in texts)
+        or not all(type(document.get(key)) is int for key in counts)
+        or type(document.get("suspended")) is not bool
+        or not isinstance(invalid, list)
+        or not all(
+            isinstance(i, list) and len(i) == 2 and all(isinstance(t, str) for t in i)
+            for i in invalid
+        )
+        or not isinstance(foreign, list)
+        or not all(isinstance(pid, str) for pid in foreign)
+    ):
+        return None
+    return TargetPlan(
+        target=document["target"],
+        kind=document["kind"],
+        observed_digest=document["observed_digest"],
+        managed=document["managed"],
+        in_scope=document["in_scope"],
+        suspended=document["suspended"],
+        invalid=tuple(Invalid(person_id=pid, error=error) for pid, error in invalid),
+        foreign=tuple(foreign),
+    )

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from reconciler import provenance
 from reconciler.core import persons, records
 
 #: A person as the cache keeps it, in this order; valid_from / valid_until are ISO 8601 text
@@ -208,24 +209,16 @@ class Key:
 
 def _code_version() -> bytes:
     """The loader's code and the libraries that shape what it produces: any change is a miss."""
-    digest = hashlib.sha256(_FORMAT)
     modules = [*sorted(Path(__file__).parent.glob("*.py"))]
     # How Persons are built and digested, for the digests kept.
     modules += [Path(module.__file__ or "") for module in (persons, records)]
-    for module in modules:
-        try:
-            digest.update(module.name.encode() + b"\0" + module.read_bytes())
-        except OSError:
-            # Installed without its sources (a zip): no version to trust, so nothing hits.
-            digest.update(os.urandom(16))
-    for version in (
+    versions = (
         sys.version,
         yaml.__version__,
         str(getattr(yaml, "__with_libyaml__", False)),
         pydantic_core.__version__,
-    ):
-        digest.update(version.encode() + b"\0")
-    return digest.digest()
+    )
+    return provenance.code_digest(_FORMAT, modules, versions)
 
 
 class ParsedCache:

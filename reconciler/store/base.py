@@ -54,6 +54,29 @@ class Holding:
     writer: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settled:
+    """A target's last settled plan (see cycle): the key of everything it was computed from,
+    its document (core.changes.settled_document), and until when (epoch seconds) the target's
+    change feed may stand in for reading the target."""
+
+    key: str
+    plan: Mapping[str, Any]
+    expires_at: float
+
+
+def settled_of(row: Sequence[Any]) -> Settled | None:
+    """A settled_plans row as read; None when its plan is not a JSON object (a miss)."""
+    key, text, expires_at = row
+    try:
+        plan = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(plan, dict):
+        return None
+    return Settled(key=key, plan=plan, expires_at=float(expires_at))
+
+
 def default_replica_id() -> str:
     """hostname-pid: unique among live processes, readable in /status and in lock errors."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -117,6 +140,16 @@ class Store(Protocol):
     async def health(self) -> dict[str, Health]: ...
 
     async def record_health(self, target: str, health: Health) -> None: ...
+
+    # -- settled plans ------------------------------------------------------------------------
+
+    async def settled(self, target: str) -> Settled | None:
+        """The target's last settled plan as remembered; None when there is none."""
+        ...
+
+    async def remember_settled(self, target: str, settled: Settled) -> None:
+        """Keep a settled plan in place of the target's last one."""
+        ...
 
     async def begin_pass(self, mode: str) -> int: ...
 

@@ -34,6 +34,7 @@ from reconciler.store.base import (
     Holding,
     PassRecord,
     Role,
+    Settled,
     default_replica_id,
     migrations,
     statements,
@@ -341,6 +342,25 @@ class PostgresStore:
                     health.quarantines,
                     logs.redact(health.error),
                 ),
+            )
+
+    # -- settled plans --------------------------------------------------------------------------
+
+    async def settled(self, target: str) -> Settled | None:
+        rows = await self._fetch(
+            "SELECT key, plan, expires_at FROM settled_plans WHERE target = %s", (target,)
+        )
+        return base.settled_of(rows[0]) if rows else None
+
+    async def remember_settled(self, target: str, settled: Settled) -> None:
+        # Not a write under the target's writer lock: a plan only remembers what it found, and
+        # its key holds the ledger checksum it was computed from, so a stale one never hits.
+        async with self._cursor() as cur:
+            await cur.execute(
+                "INSERT INTO settled_plans (target, key, plan, expires_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (target) DO UPDATE SET key = excluded.key, "
+                "plan = excluded.plan, expires_at = excluded.expires_at",
+                (target, settled.key, orjson.dumps(settled.plan).decode(), settled.expires_at),
             )
 
     # -- passes, the fingerprint key ------------------------------------------------------------

@@ -35,7 +35,14 @@ from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
 from reconciler.errors import StoreError
 from reconciler.store import base
-from reconciler.store.base import KEY_BYTES, Holding, PassRecord, Role, default_replica_id
+from reconciler.store.base import (
+    KEY_BYTES,
+    Holding,
+    PassRecord,
+    Role,
+    Settled,
+    default_replica_id,
+)
 
 _T = TypeVar("_T")
 
@@ -98,8 +105,6 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
         self._lock_file: int | None = None
-        #: Per target, how many times this store changed its ledger or department ledger.
-        self._ledger_writes: dict[str, int] = {}
 
     @classmethod
     async def open(cls, path: Path, *, replica: str | None = None) -> SqliteStore:
@@ -134,21 +139,18 @@ class SqliteStore:
 
         return await self._with_db(read)
 
-    async def ledger_version(self, target: str) -> tuple[int, int]:
-        """A token that changes whenever the target's ledger or department ledger may have
-        changed: this store's own writes are counted as they are handed to its one worker
-        thread (which runs everything in order, so a read handed over later sees them), any
-        other connection's are seen through SQLite's data_version. Equal tokens: equal ledgers.
-        """
+    async def ledger_version(self, target: str) -> int:
+        """The target's counter in ledger_versions, which triggers move on every write to its
+        ledger or department ledger, by any connection: equal tokens, equal ledgers, across
+        processes too (and across a restore from a backup, which restores both)."""
 
         def read(db: sqlite3.Connection) -> int:
-            version: int = db.execute("PRAGMA data_version").fetchone()[0]
-            return version
+            row = db.execute(
+                "SELECT version FROM ledger_versions WHERE target = ?", (target,)
+            ).fetchone()
+            return int(row[0]) if row is not None else 0
 
-        return await self._with_db(read), self._ledger_writes.get(target, 0)
-
-    def _ledger_changed(self, target: str) -> None:
-        self._ledger_writes[target] = self._ledger_writes.get(target, 0) + 1
+        return await self._with_db(read)
 
     async def managed(self) -> dict[str, int]:
         """Ledger entries per target: the persons reconciler owns on each."""
@@ -163,7 +165,6 @@ class SqliteStore:
         now = time.time()
         rows = [(target, pid, now) for pid in person_ids]
         if rows:
-            self._ledger_changed(target)
             await self._transaction(
                 lambda db: db.executemany(
                     "INSERT INTO ledger (target, person_id, applied_at) VALUES (?, ?, ?) "
@@ -181,7 +182,6 @@ class SqliteStore:
         now = time.time()
         rows = [(target, pid, remote_id, now) for pid, remote_id in remote_ids.items()]
         if rows:
-            self._ledger_changed(target)
             await self._transaction(
                 lambda db: db.executemany(
                     "INSERT INTO ledger (target, person_id, remote_id, applied_at) "
@@ -211,7 +211,6 @@ class SqliteStore:
             )
             db.executemany("DELETE FROM ledger WHERE target = ? AND person_id = ?", removals)
 
-        self._ledger_changed(target)
         await self._transaction(write)
 
     async def forget(self, target: str, person_ids: Sequence[str]) -> None:
@@ -255,7 +254,6 @@ class SqliteStore:
                 "DELETE FROM department_ledger WHERE target = ? AND department_id = ?", removals
             )
 
-        self._ledger_changed(target)
         await self._transaction(write)
 
     # -- attempts -------------------------------------------------------------------------
@@ -338,6 +336,31 @@ class SqliteStore:
             ).close()
 
         await self._transaction(write)
+
+    # -- settled plans ----------------------------------------------------------------------
+
+    async def settled(self, target: str) -> Settled | None:
+        """The target's last settled plan as remembered; None when there is none."""
+
+        def read(db: sqlite3.Connection) -> Settled | None:
+            row = db.execute(
+                "SELECT key, plan, expires_at FROM settled_plans WHERE target = ?", (target,)
+            ).fetchone()
+            return base.settled_of(row) if row is not None else None
+
+        return await self._with_db(read)
+
+    async def remember_settled(self, target: str, settled: Settled) -> None:
+        """Keep a settled plan in place of the target's last one."""
+        row = (target, settled.key, orjson.dumps(settled.plan).decode(), settled.expires_at)
+        await self._transaction(
+            lambda db: db.execute(
+                "INSERT INTO settled_plans (target, key, plan, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (target) DO UPDATE SET key = excluded.key, plan = excluded.plan, "
+                "expires_at = excluded.expires_at",
+                row,
+            ).close()
+        )
 
     # -- passes ---------------------------------------------------------------------------
 
@@ -520,7 +543,7 @@ class SqliteStore:
             if version > current:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in base.statements(script):
+                    for statement in _statements(script):
                         db.execute(statement)
                     db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                     db.execute("COMMIT")
@@ -551,6 +574,19 @@ class SqliteStore:
                 return work(db)
 
         return await self._with_db(call)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """A migration's statements: a trigger's body has ';' of its own, so a statement ends where
+    SQLite's own tokenizer says it is complete."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending.strip()
 
 
 @contextlib.contextmanager

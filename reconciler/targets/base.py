@@ -127,6 +127,17 @@ class DepartmentOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Feed:
+    """What a target's change feed says of all its persons at once, read without them."""
+
+    #: Equal digests, an unchanged target (as far as the feed tells).
+    digest: str
+    #: Epoch seconds until which the feed may stand in for reading the target: a snapshot read
+    #: now (or a plan made from one) may be reused on this feed's word until then, no later.
+    trusted_until: float
+
+
 class Target(Protocol):
     """One configured system instance, speaking one kind."""
 
@@ -138,6 +149,11 @@ class Target(Protocol):
 
     async def observe(self) -> Observed | None:
         """Everything the target reports; None for a kind that cannot list."""
+        ...
+
+    async def feed(self) -> Feed | None:
+        """The change feed's word on the whole target, when the kind has one and it can be
+        trusted now; None otherwise. An observe() right after it reads from the same feed."""
         ...
 
     def apply(

@@ -34,7 +34,7 @@ from reconciler import __version__
 from reconciler.core.planning import TargetSpec
 from reconciler.core.records import KindSpec, Render
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
-from reconciler.targets.base import TargetSettings
+from reconciler.targets.base import Feed, TargetSettings
 
 _Settings = TypeVar("_Settings", bound=TargetSettings)
 
@@ -343,6 +343,10 @@ class HttpTarget(Generic[_Settings]):
     @property
     def name(self) -> str:
         return self._spec.name
+
+    async def feed(self) -> Feed | None:
+        """Most kinds have no change feed: only observe() tells what the target holds."""
+        return None
 
     async def aclose(self) -> None:
         await self.client.aclose()

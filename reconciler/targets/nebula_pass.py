@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import sys
+import time
 from collections.abc import AsyncIterator, KeysView, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import Field, SecretStr
 
 from reconciler.core.changes import Action, Change
@@ -26,7 +29,7 @@ from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Compact, Invalid, KindSpec, Record, shared
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
-from reconciler.targets.base import Outcome, TargetSettings, bounded, chunks
+from reconciler.targets.base import Feed, Outcome, TargetSettings, bounded, chunks
 from reconciler.targets.http import Backoff, HttpTarget, Response
 
 NAME = "nebula_pass"
@@ -166,6 +169,8 @@ class NebulaPass(HttpTarget[Settings]):
 
     #: Seconds after which the datasync feed is not trusted alone: a whole listing is read.
     FULL_READ_EVERY = 3600.0
+    #: Seconds for which the feed read by feed() serves the observe() that follows it.
+    FED_FRESH = 30.0
 
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
         super().__init__(
@@ -183,6 +188,8 @@ class NebulaPass(HttpTarget[Settings]):
         #: Ids datasync/info listed at the last read.
         self._ids: KeysView[str] = {}.keys()
         self._full_read_at = 0.0
+        #: What feed() read, and when (loop time), for the observe() that follows it.
+        self._fed: tuple[float, dict[str, int] | None] | None = None
 
     # -- protocol ---------------------------------------------------------------------------
 
@@ -197,7 +204,11 @@ class NebulaPass(HttpTarget[Settings]):
         twice, an answer for another id), more changed persons than a whole listing has pages,
         or FULL_READ_EVERY elapsed, means a full read.
         """
-        stamps = await self._stamps()
+        fed, self._fed = self._fed, None
+        if fed is not None and asyncio.get_running_loop().time() < fed[0] + self.FED_FRESH:
+            stamps = fed[1]
+        else:
+            stamps = await self._stamps()
         previous = self._previous
         if (
             stamps is not None
@@ -214,6 +225,25 @@ class NebulaPass(HttpTarget[Settings]):
                     self._remember(observed, stamps)
                     return observed
         return await self._read_all(stamps)
+
+    async def feed(self) -> Feed | None:
+        """datasync/info's ids and update_at, digested: equal digests, no person touched (every
+        upsert moves update_at, and an added or removed person changes the ids). Trusted as
+        observe() trusts it: until a full read is due, FULL_READ_EVERY after the last one (or
+        after the one the observe() that follows will make)."""
+        stamps = await self._stamps()
+        now = asyncio.get_running_loop().time()
+        self._fed = (now, stamps)
+        if stamps is None:
+            return None
+        full_read_at = self._full_read_at
+        if self._previous is None or now >= full_read_at + self.FULL_READ_EVERY:
+            full_read_at = now
+        digest = hashlib.sha256(orjson.dumps(stamps, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return Feed(
+            digest=f"sha256:{digest}",
+            trusted_until=time.time() + full_read_at + self.FULL_READ_EVERY - now,
+        )
 
     async def _stamps(self) -> dict[str, int] | None:
         """Every id on the device with its update_at; None when they cannot be trusted."""

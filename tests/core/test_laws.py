@@ -11,6 +11,7 @@ import dataclasses
 import random
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -210,3 +211,44 @@ def test_the_fields_of_an_update_are_the_ones_deepdiff_finds_in_the_whole_record
         assert plan.changes == ()
     else:
         assert [c.fields for c in plan.changes] == [diffs.field_changes(record, seen)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(situations())
+def test_a_plan_is_kept_settled_only_when_it_does_nothing_and_reads_back_the_same(
+    situation: tuple[Desired, Observed, dict[str, LedgerEntry]],
+) -> None:
+    desired, observed, ledger = situation
+    for current in (
+        observed,
+        apply_in_memory(
+            planning.compute(desired, SPEC, observed, ledger, HASHER), observed, ledger
+        )[0],
+    ):
+        plan = planning.compute(desired, SPEC, current, ledger, HASHER)
+        document = changes.settled_document(plan)
+        if plan.changes or plan.refresh or plan.forget:
+            assert document is None
+            continue
+        assert document is not None
+        # Through JSON, as the store keeps it: the very plan again, fingerprint and all.
+        again = changes.settled_plan(orjson.loads(orjson.dumps(document)))
+        assert again == plan
+        fingerprints = [changes.fingerprint(desired.digest, [p], HASHER) for p in (plan, again)]
+        assert fingerprints[0] == fingerprints[1]
+
+
+def test_a_mangled_settled_document_reads_back_as_nothing() -> None:
+    plan = planning.compute(Desired(persons={}), SPEC, Observed(persons={}), {}, HASHER)
+    document = changes.settled_document(plan)
+    assert document is not None
+    assert changes.settled_plan(document) == plan
+    for key, value in [
+        ("managed", "1"),
+        ("suspended", 0),
+        ("invalid", [["1"]]),
+        ("foreign", [1]),
+        ("observed_digest", None),
+    ]:
+        assert changes.settled_plan({**document, key: value}) is None
+    assert changes.settled_plan({}) is None

@@ -18,7 +18,7 @@ from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.errors import StoreError
 from reconciler.store import base
-from reconciler.store.base import Store
+from reconciler.store.base import Settled, Store
 from reconciler.store.postgres import PostgresStore, parse_url
 from reconciler.store.sqlite import SqliteStore
 
@@ -283,3 +283,41 @@ async def test_the_ledger_version_moves_with_every_ledger_write_and_only_then(
         await other.aclose()
     assert await moved()
     assert not await moved()
+
+
+async def test_the_ledger_version_outlives_the_process(backend: Backend) -> None:
+    first = await backend.open()
+    try:
+        await first.record("lobby", [entry("1")])
+        version = await first.ledger_version("lobby")
+    finally:
+        await first.aclose()
+    second = await backend.open()
+    try:
+        assert await second.ledger_version("lobby") == version
+        await second.record("lobby", [entry("1", fingerprint="fp2")])
+        assert await second.ledger_version("lobby") != version
+    finally:
+        await second.aclose()
+
+
+async def test_settled_plans_are_kept_per_target_replaced_and_outlive_the_process(
+    backend: Backend,
+) -> None:
+    one = Settled(key="k1", plan={"target": "lobby", "foreign": ["9"]}, expires_at=10.5)
+    two = Settled(key="k2", plan={"target": "lobby", "foreign": []}, expires_at=20.0)
+    first = await backend.open()
+    try:
+        assert await first.settled("lobby") is None
+        await first.remember_settled("lobby", one)
+        await first.remember_settled("kiosk", two)
+        assert await first.settled("lobby") == one
+        await first.remember_settled("lobby", two)
+    finally:
+        await first.aclose()
+    second = await backend.open()
+    try:
+        assert await second.settled("lobby") == two
+        assert await second.settled("kiosk") == two
+    finally:
+        await second.aclose()

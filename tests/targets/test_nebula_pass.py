@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -377,3 +379,55 @@ async def test_the_feed_is_not_trusted_alone_for_longer_than_full_read_every(
     observed = await target.observe()
     assert nebula.log.count("GET", PAGES) == 1
     assert observed.persons["1"].record["name"] == "edited without moving update_at"
+
+
+async def test_the_feed_digest_moves_with_any_person_and_serves_the_next_observe(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    target = make_target()
+    await Sync(target).converge(desired(*(person(f"{n:04d}") for n in range(3))))
+    nebula.log.clear()
+    first = await target.feed()
+    assert first is not None
+    await target.observe()  # the feed just read: not asked again
+    assert nebula.log.count("GET", "/v2/datasync/info") == 1
+    assert nebula.log.count("GET", PAGES) == 1
+    again = await target.feed()
+    assert again is not None
+    assert again.digest == first.digest
+
+    nebula.edit_user("0001", remark="edited at the device")
+    edited = await target.feed()
+    assert edited is not None
+    assert edited.digest != first.digest
+    del nebula.users["0002"]
+    removed = await target.feed()
+    assert removed is not None
+    assert removed.digest not in (first.digest, edited.digest)
+
+
+async def test_the_feed_is_trusted_until_the_next_full_read_is_due(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    await Sync(make_target()).converge(desired(person("1")))
+    target = make_target()  # a new process: nothing read yet
+    before = time.time()
+    fresh = await target.feed()  # so the observe() that follows reads it all
+    assert fresh is not None
+    assert before + target.FULL_READ_EVERY <= fresh.trusted_until
+    assert fresh.trusted_until <= time.time() + target.FULL_READ_EVERY
+    await target.observe()
+    await asyncio.sleep(0.3)
+    later = await target.feed()  # the snapshot stands on that full read, not on this feed
+    assert later is not None
+    assert later.trusted_until < fresh.trusted_until + 0.25
+
+
+async def test_a_feed_that_does_not_add_up_gives_no_word(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    target = make_target()
+    await Sync(target).converge(desired(person("1"), person("2")))
+    nebula.feed = "repeated_ids"
+    assert await target.feed() is None
+    assert len((await target.observe()).persons) == 2

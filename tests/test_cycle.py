@@ -17,7 +17,7 @@ from reconciler import app as composition
 from reconciler import cycle
 from reconciler.app import App
 from reconciler.core import planning
-from reconciler.core.changes import Action, Reason
+from reconciler.core.changes import Action, Plan, Reason
 from reconciler.settings import Settings
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.store.sqlite import SqliteStore
@@ -42,12 +42,18 @@ def write(path: Path, url: str, names: dict[str, str]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+@contextlib.asynccontextmanager
+async def process(tmp_path: Path) -> AsyncIterator[App]:
+    """The App a new `reconciler plan` builds: new targets, nothing in memory."""
+    settings = Settings(state_dir=tmp_path / "state", desired=tmp_path / "desired.yaml")
+    async with composition.open_app(settings, env={"LOBBY_PASSWORD": PASSWORD}) as app:
+        yield app
+
+
 @pytest.fixture
 async def opened(tmp_path: Path, nebula_url: str) -> AsyncIterator[App]:
-    path = tmp_path / "desired.yaml"
-    write(path, nebula_url, {"1": "one", "2": "two", "3": "three"})
-    settings = Settings(state_dir=tmp_path / "state", desired=path)
-    async with composition.open_app(settings, env={"LOBBY_PASSWORD": PASSWORD}) as app:
+    write(tmp_path / "desired.yaml", nebula_url, {"1": "one", "2": "two", "3": "three"})
+    async with process(tmp_path) as app:
         yield app
 
 
@@ -139,39 +145,28 @@ async def test_a_new_desired_state_plans_again(
 LISTING = "/v1/user/offset/{offset}/limit/{limit}"
 
 
-@contextlib.asynccontextmanager
-async def process(tmp_path: Path, **settings: Any) -> AsyncIterator[App]:
-    """The App a new `reconciler plan` builds: new targets, nothing in memory."""
-    opened = Settings(state_dir=tmp_path / "state", desired=tmp_path / "desired.yaml", **settings)
-    async with composition.open_app(opened, env={"LOBBY_PASSWORD": PASSWORD}) as app:
-        yield app
-
-
 async def settled_then_recalled(
     tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
-) -> None:
+) -> Plan:
     """Converged, then one command plans (reading the device) and remembers it settled."""
-    await converge(opened)
-    async with process(tmp_path) as app:
-        first = await cycle.plan(app, recall=True)
-    assert not first.has_changes
-    computed.clear()
-    nebula.log.clear()
-
-
-async def test_a_new_process_recalls_the_settled_plan_without_reading_the_device(
-    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
-) -> None:
     await converge(opened)
     async with process(tmp_path) as app:
         first = await cycle.plan(app, recall=True)
     assert computed == ["lobby", "lobby"]
     assert nebula.log.count(route=LISTING) > 0
+    assert not first.has_changes
+    computed.clear()
     nebula.log.clear()
+    return first
 
+
+async def test_a_new_process_recalls_the_settled_plan_without_reading_the_device(
+    tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
+) -> None:
+    first = await settled_then_recalled(tmp_path, opened, nebula, computed)
     async with process(tmp_path) as app:
         again = await cycle.plan(app, recall=True)
-    assert computed == ["lobby", "lobby"]  # not planned again
+    assert computed == []  # not planned again
     assert nebula.log.count(route=LISTING) == 0  # nor read: the feed alone
     assert nebula.log.count(route="/v2/datasync/info") == 1
     assert again.targets == first.targets

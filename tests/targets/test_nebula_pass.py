@@ -431,3 +431,19 @@ async def test_a_feed_that_does_not_add_up_gives_no_word(
     nebula.feed = "repeated_ids"
     assert await target.feed() is None
     assert len((await target.observe()).persons) == 2
+
+
+async def test_an_answer_byte_for_byte_the_last_one_is_not_decoded_again(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    target = make_target()
+    await Sync(target).converge(desired(person("1"), person("2")))
+    stamps = await target._stamps()
+    assert stamps is not None
+    assert await target._stamps() is stamps  # the same answer: the same stamps, not rebuilt
+    nebula.edit_user("2", remark="edited at the device")
+    moved = await target._stamps()
+    assert moved is not None
+    assert moved is not stamps
+    assert moved["2"] != stamps["2"]
+    assert moved["1"] == stamps["1"]

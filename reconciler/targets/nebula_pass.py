@@ -283,9 +283,7 @@ class NebulaPass(HttpTarget[Settings]):
         100 000 persons, decoding 3 MB of JSON and building the stamps again was half the pass.
         """
         seen = self._info
-        response, info = await self._exchange(
-            "GET", "/v2/datasync/info", unchanged=lambda body: seen.answered(body)
-        )
+        response, info = await self._exchange("GET", "/v2/datasync/info", unchanged=seen.answered)
         if info is _UNCHANGED:
             self._ids = seen.stamps.keys()
             return seen.stamps if seen.usable else None

@@ -20,6 +20,7 @@ from psycopg import sql
 from reconciler.core.persons import Photo
 from reconciler.simulators.base import serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from tests import lobby
 
 #: Smallest bytes our photo checks accept: the magic numbers, then padding.
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 60
@@ -28,7 +29,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 60
 
 @pytest.fixture
 def nebula() -> NebulaPassSimulator:
-    return NebulaPassSimulator(username="admin", password="s3cret-lobby-pw")
+    return NebulaPassSimulator(username="admin", password=lobby.PASSWORD)
 
 
 @pytest.fixture

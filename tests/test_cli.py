@@ -21,9 +21,10 @@ from reconciler.simulators.siteserver import SiteServerSimulator
 from reconciler.simulators.sophon_fog import SophonFogSimulator
 from reconciler.simulators.sophon_sight import SophonSightSimulator
 from reconciler.store.sqlite import SqliteStore
+from tests import lobby
 from tests.conftest import JPEG
 
-PASSWORD = "s3cret-lobby-pw"
+PASSWORD = lobby.PASSWORD
 SENSITIVE = ("110101199001011234", "7391")  # an id_number and a pin of the fixture
 #: Generous: a subprocess start with imports takes about a second; this only bounds a hang.
 TIMEOUT = 60
@@ -49,21 +50,8 @@ class Site:
         (root / "photos" / "1001b.jpg").write_bytes(JPEG + b"1001b")
 
     def write(self, persons: str, *, extra_target: str = "", max_deletes: str = "10%") -> None:
-        (self.root / "desired.yaml").write_text(
-            f"""version: 1
-targets:
-  lobby:
-    kind: nebula_pass
-    url: {self.url}
-    username: admin
-    password: ${{LOBBY_PASSWORD}}
-    max_deletes: "{max_deletes}"
-    rate_limit: null
-{extra_target}
-persons:
-{persons}""",
-            encoding="utf-8",
-        )
+        text = lobby.desired(self.url, persons, max_deletes=max_deletes, extra_target=extra_target)
+        (self.root / "desired.yaml").write_text(text, encoding="utf-8")
 
     async def run(self, *args: str, stdin: bytes | None = None) -> Run:
         env = {

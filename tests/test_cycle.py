@@ -22,24 +22,13 @@ from reconciler.settings import Settings
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets.nebula_pass import NebulaPass
+from tests import lobby
 
-PASSWORD = "s3cret-lobby-pw"
+PASSWORD = lobby.PASSWORD
 
 
 def write(path: Path, url: str, names: dict[str, str]) -> None:
-    lines = [
-        "version: 1",
-        "targets:",
-        "  lobby:",
-        "    kind: nebula_pass",
-        f"    url: {url}",
-        "    username: admin",
-        "    password: ${LOBBY_PASSWORD}",
-        "    rate_limit: null",
-        "persons:",
-    ]
-    lines += [f'  - {{id: "{pid}", name: "{name}"}}' for pid, name in names.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(lobby.desired(url, lobby.persons(names)), encoding="utf-8")
 
 
 @contextlib.asynccontextmanager

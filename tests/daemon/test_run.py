@@ -21,27 +21,16 @@ import orjson
 import pytest
 
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
+from tests import lobby
 
-PASSWORD = "s3cret-lobby-pw"
+PASSWORD = lobby.PASSWORD
 SECRET = "webhook-secret-4242"
 #: Every wait in this file ends: a condition that never comes true fails the test by this time.
 DEADLINE = 30.0
 
 
 def desired(url: str, persons: dict[str, str]) -> str:
-    lines = [
-        "version: 1",
-        "targets:",
-        "  lobby:",
-        "    kind: nebula_pass",
-        f"    url: {url}",
-        "    username: admin",
-        "    password: ${LOBBY_PASSWORD}",
-        "    rate_limit: null",
-        "persons:",
-    ]
-    lines += [f'  - {{id: "{pid}", name: "{name}", pin: "7391"}}' for pid, name in persons.items()]
-    return "\n".join(lines) + "\n"
+    return lobby.desired(url, lobby.persons(persons, pin="7391"))
 
 
 class Running:

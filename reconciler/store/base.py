@@ -241,6 +241,23 @@ def attempts_of(rows: Iterable[Sequence[Any]]) -> dict[str, Attempt]:
     }
 
 
+def passes_of(rows: Iterable[Sequence[Any]]) -> list[PassRecord]:
+    """From (id, started_at, finished_at, mode, result, plan_fingerprint, summary, error)."""
+    return [
+        PassRecord(
+            id=row[0],
+            started_at=row[1],
+            finished_at=row[2],
+            mode=row[3],
+            result=row[4],
+            plan_fingerprint=row[5],
+            summary=orjson.loads(row[6]) if row[6] else None,
+            error=row[7],
+        )
+        for row in rows
+    ]
+
+
 def health_of(rows: Iterable[Sequence[Any]]) -> dict[str, Health]:
     """From (target, failing_passes, since, until, quarantines, error)."""
     return {

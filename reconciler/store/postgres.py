@@ -406,19 +406,7 @@ class PostgresStore:
             "FROM passes ORDER BY id DESC LIMIT %s",
             (limit,),
         )
-        return [
-            PassRecord(
-                id=row[0],
-                started_at=row[1],
-                finished_at=row[2],
-                mode=row[3],
-                result=row[4],
-                plan_fingerprint=row[5],
-                summary=orjson.loads(row[6]) if row[6] else None,
-                error=row[7],
-            )
-            for row in rows
-        ]
+        return base.passes_of(rows)
 
     async def fingerprint_key(self) -> bytes:
         async with self._cursor() as cur:

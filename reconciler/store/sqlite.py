@@ -406,19 +406,7 @@ class SqliteStore:
                 "error FROM passes ORDER BY id DESC LIMIT ?",
                 (limit,),
             )
-            return [
-                PassRecord(
-                    id=row[0],
-                    started_at=row[1],
-                    finished_at=row[2],
-                    mode=row[3],
-                    result=row[4],
-                    plan_fingerprint=row[5],
-                    summary=orjson.loads(row[6]) if row[6] else None,
-                    error=row[7],
-                )
-                for row in rows
-            ]
+            return base.passes_of(rows)
 
         return await self._with_db(read)
 

@@ -189,6 +189,11 @@ class _Info:
             digest=f"sha256:{hashlib.sha256(ordered).hexdigest()}",
         )
 
+    @property
+    def trusted(self) -> dict[str, int] | None:
+        """The stamps, when they can be trusted."""
+        return self.stamps if self.usable else None
+
     def answered(self, body: bytes) -> bool:
         """Whether this body is the one decoded last, byte for byte."""
         return bool(self.body_hash) and hashlib.sha256(body).digest() == self.body_hash
@@ -220,8 +225,8 @@ class NebulaPass(HttpTarget[Settings]):
         self._full_read_at = 0.0
         #: The last datasync/info answer decoded.
         self._info = _Info()
-        #: What feed() read, and when (loop time), for the observe() that follows it.
-        self._fed: tuple[float, dict[str, int] | None] | None = None
+        #: When (loop time) feed() read the answer in _info, for the observe() that follows it.
+        self._fed_at: float | None = None
 
     # -- protocol ---------------------------------------------------------------------------
 
@@ -236,9 +241,9 @@ class NebulaPass(HttpTarget[Settings]):
         twice, an answer for another id), more changed persons than a whole listing has pages,
         or FULL_READ_EVERY elapsed, means a full read.
         """
-        fed, self._fed = self._fed, None
-        if fed is not None and asyncio.get_running_loop().time() < fed[0] + self.FED_FRESH:
-            stamps = fed[1]
+        fed_at, self._fed_at = self._fed_at, None
+        if fed_at is not None and asyncio.get_running_loop().time() < fed_at + self.FED_FRESH:
+            stamps = self._info.trusted
         else:
             stamps = await self._stamps()
         previous = self._previous
@@ -265,7 +270,7 @@ class NebulaPass(HttpTarget[Settings]):
         after the one the observe() that follows will make)."""
         stamps = await self._stamps()
         now = asyncio.get_running_loop().time()
-        self._fed = (now, stamps)
+        self._fed_at = now
         if stamps is None:
             return None
         full_read_at = self._full_read_at
@@ -286,7 +291,7 @@ class NebulaPass(HttpTarget[Settings]):
         response, info = await self._exchange("GET", "/v2/datasync/info", unchanged=seen.answered)
         if info is _UNCHANGED:
             self._ids = seen.stamps.keys()
-            return seen.stamps if seen.usable else None
+            return seen.trusted
         users = info.get("users") if isinstance(info, dict) else None
         if not isinstance(users, list):
             raise PermanentTargetError(self.name, "malformed /v2/datasync/info: no users list")
@@ -304,7 +309,7 @@ class NebulaPass(HttpTarget[Settings]):
             }
         self._info = _Info.read(response.body, stamps, usable)
         self._ids = stamps.keys()
-        return stamps if usable else None
+        return self._info.trusted
 
     async def _changed_since(
         self, known: Observed, stamps: dict[str, int], changed: list[str]

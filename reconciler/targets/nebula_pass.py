@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, KeysView, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -220,8 +220,6 @@ class NebulaPass(HttpTarget[Settings]):
         self._login_lock = asyncio.Lock()
         #: The last snapshot and the update_at of each person in it (see observe()).
         self._previous: tuple[Observed, dict[str, int]] | None = None
-        #: Ids datasync/info listed at the last read.
-        self._ids: KeysView[str] = {}.keys()
         self._full_read_at = 0.0
         #: The last datasync/info answer decoded.
         self._info = _Info()
@@ -290,7 +288,6 @@ class NebulaPass(HttpTarget[Settings]):
         seen = self._info
         response, info = await self._exchange("GET", "/v2/datasync/info", unchanged=seen.answered)
         if info is _UNCHANGED:
-            self._ids = seen.stamps.keys()
             return seen.trusted
         users = info.get("users") if isinstance(info, dict) else None
         if not isinstance(users, list):
@@ -308,7 +305,6 @@ class NebulaPass(HttpTarget[Settings]):
                 str(user["id"]): -1 for user in users if isinstance(user, dict) and "id" in user
             }
         self._info = _Info.read(response.body, stamps, usable)
-        self._ids = stamps.keys()
         return self._info.trusted
 
     async def _changed_since(
@@ -348,7 +344,7 @@ class NebulaPass(HttpTarget[Settings]):
 
         # The listing is offset-paged: a person added or removed while we paged shifts the
         # pages, so ids that datasync/info reports but the pages missed are read one by one.
-        missing = sorted(self._ids - persons.keys())
+        missing = sorted(self._info.stamps.keys() - persons.keys())
         if len(missing) > MAX_SINGLE_READS:
             raise TemporaryTargetError(
                 self.name, f"the user list changed while it was read ({len(missing)} missed)"

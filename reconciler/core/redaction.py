@@ -11,7 +11,7 @@ process-wide instance lives in reconciler.logs.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -45,11 +45,6 @@ _HASH_KEYS = frozenset(
 #: Shorter values are not scrubbed from text: "1234" would maim every number in a log line.
 #: Secrets that short are rejected by no device, but are never worth hiding this way either.
 MIN_SECRET_LENGTH = 6
-
-#: Keys seen not to be secret, so that a log line's keys are each looked up once: bounded, as
-#: keys can come from data (labels).
-_PLAIN_KEYS: set[str] = set()
-_PLAIN_KEYS_KEPT = 4096
 
 
 class Redactor:
@@ -87,26 +82,58 @@ class Redactor:
         return value
 
     def json(self, value: Any, default: Callable[[Any], Any]) -> bytes:
-        """`value` as JSON with secrets replaced; what orjson cannot encode goes to `default`.
+        """`value` as JSON with secrets replaced; what orjson cannot encode goes to `default`."""
+        return self.lines((value,), default)[:-1]
 
-        The hot path of every log line: serialized once, and walked for a copy only when a rule
-        applies (a secret key holds a value, or a known secret is in the text).
+    def lines(self, values: Sequence[Any], default: Callable[[Any], Any]) -> bytes:
+        """Each value as `json` shows it, one per line (a newline after each).
+
+        The hot path of every log line: the lines are serialized once, and the text of them all
+        is searched once for what a rule may apply to (a secret key holding a value, a known
+        secret); only then is each line walked for a copy. Many lines at once (a plan's
+        change lines) share the search.
         """
+        by_default = False
+        text = b""
+
+        def shown(item: Any) -> Any:
+            # What orjson shows by `default` is looked at before it is shown: walk it.
+            nonlocal by_default
+            by_default = True
+            return default(item)
+
         try:
-            line = orjson.dumps(value, default=default)
+            text = b"".join([orjson.dumps(v, default=shown, option=_OPTIONS) for v in values])
         except TypeError:  # keys orjson refuses (not str): the walk keeps what it can show
-            line = None
-        if line is not None and _keys_harmless(value):
-            for needle in self._needles:
-                if needle in line:
-                    break
-            else:
-                return line
+            by_default = True
+        if not by_default and not self._may_apply(text):
+            return text
+        return b"".join([self._walked(v, default) for v in values])
+
+    def _may_apply(self, text: bytes) -> bool:
+        """Whether a rule may apply anywhere in this JSON text (never a false no)."""
+        for needle in self._needles:
+            if needle in text:
+                return True
+        # Keys are compared lower-cased, as the walk does (str.lower: "\u212a" is "k").
+        lowered = text.lower() if text.isascii() else text.decode().lower().encode()
+        for key in _KEY_NEEDLES:
+            at = lowered.find(key)
+            while at >= 0:
+                # An unescaped `"key":` is that key (inside a string the quote is escaped).
+                # Its value is left alone only as null, a boolean or an object (a dict: other
+                # objects went to `default`).
+                if lowered[at + len(key)] not in _LEFT_ALONE:
+                    return True
+                at = lowered.find(key, at + len(key))
+        return False
+
+    def _walked(self, value: Any, default: Callable[[Any], Any]) -> bytes:
         shown = self.value(value)
         try:
-            return orjson.dumps(shown, default=default, option=orjson.OPT_NON_STR_KEYS)
+            return orjson.dumps(shown, default=default, option=_OPTIONS | orjson.OPT_NON_STR_KEYS)
         except TypeError:  # an integer beyond 64 bits: a log line must never fail for it
-            return json.dumps(shown, default=default, ensure_ascii=False).encode()
+            return json.dumps(shown, default=default, ensure_ascii=False).encode() + b"\n"
 
     def _entry(self, key: Any, item: Any) -> Any:
         name = key.lower() if isinstance(key, str) else key
@@ -123,28 +150,10 @@ def _replaced(name: Any, item: Any) -> bool:
     return name in SECRET_KEYS and item is not None and not isinstance(item, Mapping | bool)
 
 
-def _keys_harmless(value: Any) -> bool:
-    """No secret key in `value` holds what the key rule would replace (a walk without a copy).
-
-    Any mapping but a dict answers no: orjson shows it by its repr, which the walk would not.
-    """
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key not in _PLAIN_KEYS:
-                if not isinstance(key, str):
-                    return False
-                name = key.lower()
-                if _replaced(name, item):
-                    return False
-                if name not in SECRET_KEYS and len(_PLAIN_KEYS) < _PLAIN_KEYS_KEPT:
-                    _PLAIN_KEYS.add(key)
-            if type(item) not in _SCALARS and not _keys_harmless(item):
-                return False
-        return True
-    if isinstance(value, list | tuple):
-        return all(type(item) in _SCALARS or _keys_harmless(item) for item in value)
-    return not isinstance(value, Mapping)
-
-
-#: Exact types that hold no key: the walk skips them without asking the Mapping ABC.
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+#: How a secret key reads in JSON text (lower-cased), and the first bytes of the values the key
+#: rule leaves alone there: null, true, false, an object.
+_KEY_NEEDLES = tuple(f'"{key}":'.encode() for key in sorted(SECRET_KEYS))
+_LEFT_ALONE = frozenset(b"ntf{")
+#: Dataclasses go to `default` too (their repr): the walk does not see into them, so the text
+#: must not show their fields as an object the key rule would pass.
+_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS

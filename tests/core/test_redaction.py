@@ -104,6 +104,33 @@ def test_a_log_line_shows_what_the_walk_shows(value: dict[str, object]) -> None:
     )
 
 
+@given(values=st.lists(st.dictionaries(_KEYS, _VALUES, max_size=5), max_size=6))
+def test_many_log_lines_show_what_the_walk_shows(values: list[dict[str, object]]) -> None:
+    """Lines rendered together (one search over all their text) show, line by line, what
+    walking each first would: a rule that applies to one line is never missed."""
+    redactor = Redactor(["s3cret-lobby-pw", 'quo"te-secret'])
+    text = redactor.lines(values, repr)
+    assert text.count(b"\n") == len(values)
+    assert [orjson.loads(line) for line in text.splitlines()] == [
+        orjson.loads(orjson.dumps(redactor.value(v), default=repr)) for v in values
+    ]
+
+
+def test_a_secret_key_is_found_whatever_its_case_and_place() -> None:
+    redactor = Redactor()
+    fields = {"phone": {"to": "1380"}, "id_number": {"sensitive": True}}
+    lines = [
+        {"event": "change.planned", "fields": fields},
+        {"event": "x", "nested": [{"PIN": 1234}]},
+        {"event": "y", "to\u212aen": "t0k3n-value", "note": '"pin": 1'},
+    ]
+    shown = [orjson.loads(redactor.json(line, repr)) for line in lines]
+    assert shown[0] == lines[0]
+    assert shown[1]["nested"] == [{"PIN": REDACTED}]
+    assert shown[2]["to\u212aen"] == REDACTED
+    assert shown[2]["note"] == '"pin": 1'
+
+
 def test_a_log_line_walks_what_orjson_shows_by_repr() -> None:
     """A mapping orjson cannot encode is shown by its repr, so it is walked first."""
     redactor = Redactor(["s3cret-lobby-pw"])

@@ -20,7 +20,7 @@ from typing import Literal
 
 import structlog
 
-from reconciler import executor, provenance
+from reconciler import executor, logs, provenance
 from reconciler.app import App
 from reconciler.core import attempts, changes, planning, quarantine, safety
 from reconciler.core.changes import Plan, TargetPlan
@@ -294,8 +294,12 @@ async def _remember(
     _remembered[target] = key
 
 
-def log_plan(plan: Plan, *, mode: str) -> None:
-    """The plan, before anything is applied: a summary line, then one line per change."""
+def log_plan(plan: Plan, *, mode: Literal["apply", "dry-run"]) -> None:
+    """The plan, before anything is applied: a summary line, and what is held, deferred or
+    invalid. In a dry run also one line per change (its plan document entry); applying logs
+    each change's outcome instead, with the same document (change.applied / change.failed), so
+    that a first sync of 100 000 persons does not log each of them twice.
+    """
     log.info(
         "plan.computed",
         mode=mode,
@@ -306,15 +310,19 @@ def log_plan(plan: Plan, *, mode: str) -> None:
         errors=sum(1 for t in plan.targets.values() if t.error),
     )
     for target_plan in plan.targets.values():
-        for department in target_plan.departments:
-            log.info(
-                "department.planned",
+        if mode == "dry-run":
+            for department in target_plan.departments:
+                log.info(
+                    "department.planned",
+                    target=target_plan.target,
+                    **changes.department_document(department),
+                )
+            logs.lines(
+                "reconciler.cycle",
+                "change.planned",
+                map(changes.change_document, target_plan.changes),
                 target=target_plan.target,
-                **changes.department_document(department),
             )
-        target_log = log.bind(target=target_plan.target)  # one lookup, a line per change
-        for change in target_plan.changes:
-            target_log.info("change.planned", **changes.change_document(change))
         if target_plan.held:
             log.warning(
                 "plan.held",

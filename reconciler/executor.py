@@ -16,6 +16,7 @@ from typing import cast
 
 import structlog
 
+from reconciler import logs
 from reconciler.core import attempts as backoff
 from reconciler.core.changes import (
     Action,
@@ -248,16 +249,17 @@ async def _record(
         [(o.change, o.error or "failed") for o in outcomes if not o.ok],
         [o.change.person_id for o in outcomes if o.ok],
     )
-    # Bound once per batch: a line per change is the contract, the proxy's lookup is not.
-    target_log = log.bind(target=name)
+    applied_changes = [o.change for o in outcomes if o.ok]
+    for change in applied_changes:
+        action = change.action.value
+        report.applied_by_action[action] = report.applied_by_action.get(action, 0) + 1
+    report.applied += len(applied_changes)
+    logs.lines(
+        "reconciler.executor", "change.applied", map(change_document, applied_changes), target=name
+    )
     for outcome in outcomes:
-        change = outcome.change
-        if outcome.ok:
-            report.applied += 1
-            action = change.action.value
-            report.applied_by_action[action] = report.applied_by_action.get(action, 0) + 1
-            target_log.info("change.applied", **change_document(change))
-        else:
+        if not outcome.ok:
+            change = outcome.change
             _failed(name, report, change, outcome.error or "failed", retryable=outcome.retryable)
 
 
@@ -288,12 +290,7 @@ def _failed(
     report.failures.append(Failure(person_id=change.person_id, action=change.action, error=error))
     if retryable:
         report.retryable_failures += 1
+    # The change's plan document too: in apply mode no change.planned line came before.
     log.warning(
-        "change.failed",
-        target=name,
-        action=change.action.value,
-        person=change.person_id,
-        reason=change.reason.value,
-        error=error,
-        retryable=retryable,
+        "change.failed", target=name, **change_document(change), error=error, retryable=retryable
     )

@@ -3,16 +3,19 @@ readable console output on a terminal. Writes stderr.
 
 Also the home of the process's Redactor (core.redaction): every log line passes through it, and
 so do the CLI's output, plan files and /status (`redact`). `protect` adds the secrets resolved
-from the environment as soon as they are known.
+from the environment as soon as they are known. `lines` writes many lines of one event at once
+(a plan's change lines), as structlog would write each.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal
 
 import structlog
 
@@ -21,6 +24,27 @@ from reconciler.core.redaction import Redactor
 LogFormat = Literal["auto", "json", "console"]
 
 _redactor = Redactor()
+
+
+@dataclass(frozen=True, slots=True)
+class _JsonLines:
+    """How `configure` set JSON lines up: `lines` writes there itself while structlog is still
+    configured so (not, say, capturing logs in a test, which changes the processors in place)."""
+
+    processors: tuple[structlog.typing.Processor, ...]
+    factory: structlog.typing.WrappedLogger
+    out: BinaryIO
+    level: int
+
+    def current(self) -> bool:
+        config = structlog.get_config()
+        return (
+            config["logger_factory"] is self.factory
+            and tuple(config["processors"]) == self.processors
+        )
+
+
+_json_lines: _JsonLines | None = None
 
 
 def protect(secrets: Iterable[str]) -> None:
@@ -71,8 +95,32 @@ def _render_json(
     return _redactor.json(event, _json_fallback)
 
 
+def lines(logger: str, event: str, entries: Iterable[Mapping[str, Any]], **context: Any) -> None:
+    """One info line per entry, each as `structlog.get_logger(logger).info(event, **context,
+    **entry)` writes it, written together.
+
+    A first sync logs 100 000 change lines twice: through structlog's processors a line cost
+    about 12 µs, here about 3, with the redactor's search shared by all of them. They share a
+    timestamp, the moment they were written.
+    """
+    json_lines = _json_lines
+    if json_lines is None or json_lines.level > logging.INFO or not json_lines.current():
+        bound = structlog.get_logger(logger).bind(**context)
+        for entry in entries:
+            bound.info(event, **entry)
+        return
+    common = {**structlog.contextvars.get_contextvars(), **context}
+    tail = {"event": event, "level": "info", "timestamp": _stamp(None, "info", {})["timestamp"]}
+    remaining = iter(entries)
+    # In runs of a few hundred: a plan's lines are never all held as text at once.
+    while run := [{**common, **entry, **tail} for entry in itertools.islice(remaining, 500)]:
+        json_lines.out.write(_redactor.lines(run, _json_fallback))
+        json_lines.out.flush()
+
+
 def configure(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> None:
     """Set up structlog for the whole process; call once, from the CLI."""
+    global _json_lines
     json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -85,7 +133,9 @@ def configure(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> None:
             structlog.processors.format_exc_info,
             _render_json,
         ]
-        factory: structlog.typing.WrappedLogger = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        out = sys.stderr.buffer
+        factory: structlog.typing.WrappedLogger = structlog.BytesLoggerFactory(out)
+        _json_lines = _JsonLines(tuple(processors), factory, out, level)
     else:
         processors += [
             structlog.processors.format_exc_info,
@@ -93,6 +143,7 @@ def configure(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> None:
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
         ]
         factory = structlog.PrintLoggerFactory(sys.stderr)
+        _json_lines = None
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),

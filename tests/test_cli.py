@@ -142,11 +142,16 @@ async def test_plan_apply_converge_and_detailed_exit_codes(
     applied = await site.run("apply", "--yes")
     assert applied.code == 0, applied.err
     assert set(nebula.users) == {"1001", "1002"}
-    events = [
-        orjson.loads(line)["event"] for line in applied.err.splitlines() if line.startswith("{")
-    ]
+    lines = [orjson.loads(line) for line in applied.err.splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines]
     assert events.index("plan.computed") < events.index("change.applied")
     assert events.count("change.applied") == 2
+    # Each change is logged once, by its outcome, with its plan document entry.
+    assert "change.planned" not in events
+    outcome = next(line for line in lines if line.get("person") == "1002")
+    assert outcome["event"] == "change.applied"
+    assert (outcome["action"], outcome["reason"], outcome["target"]) == ("create", "new", "lobby")
+    assert outcome["fields"]["name"] == {"from": None, "to": "李四"}
 
     converged = await site.run("plan", "--detailed-exitcode")
     assert converged.code == 0, converged.err

@@ -38,3 +38,46 @@ def test_a_json_line_is_redacted_on_the_way_out(monkeypatch: pytest.MonkeyPatch)
     assert line["error"] == "echoed [redacted]"
     assert line["password"] == line["pin"] == "[redacted]"
     assert line["event"] == "change.applied"
+
+
+def test_lines_written_together_read_as_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`logs.lines` writes what structlog would, line for line, redacted the same way."""
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(out))
+    monkeypatch.setattr(logs, "_redactor", logs._redactor)
+    logs.configure("json")
+    logs.protect(["lobby-pw-4471"])
+    entries = [
+        {"action": "create", "person": "1", "fields": {"pin": {"sensitive": True}}},
+        {"action": "update", "person": "2", "fields": {"note": {"to": "lobby-pw-4471"}}},
+        {"action": "delete", "person": "3", "pin": 1234},
+    ]
+    try:
+        for entry in entries:
+            structlog.get_logger("test").bind(target="lobby").info("change.applied", **entry)
+        logs.lines("test", "change.applied", entries, target="lobby")
+    finally:
+        structlog.reset_defaults()
+    written = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    one_by_one, together = written[:3], written[3:]
+    assert len(together) == 3
+    for line in written:
+        del line["timestamp"]
+    assert together == one_by_one
+    assert list(together[0]) == list(one_by_one[0])  # the same order of keys too
+    assert together[1]["fields"]["note"]["to"] == "[redacted]"
+    assert together[2]["pin"] == "[redacted]"
+
+
+def test_lines_go_through_structlog_when_it_is_not_ours() -> None:
+    """Captured (or console) logging sees every line, as if logged one by one."""
+    logs.configure("json")
+    try:
+        with structlog.testing.capture_logs() as captured:
+            logs.lines("test", "change.planned", [{"person": "1"}, {"person": "2"}], target="t")
+    finally:
+        structlog.reset_defaults()
+    assert [(c["event"], c["person"], c["target"]) for c in captured] == [
+        ("change.planned", "1", "t"),
+        ("change.planned", "2", "t"),
+    ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from reconciler import executor
 from reconciler.core import attempts, planning
@@ -292,8 +293,17 @@ async def test_a_person_the_target_refuses_waits_its_back_off_and_blocks_nobody(
                 )
                 return attempts.defer(computed, await store.attempts("box"), now)
 
-            report = await executor.apply(await plan(time.time()), target, store)
+            with capture_logs() as lines:
+                report = await executor.apply(await plan(time.time()), target, store)
             assert [f.person_id for f in report.failures] == ["1"]
+            # The failure's line carries the change's plan document entry, as a success's does.
+            (failed,) = [line for line in lines if line["event"] == "change.failed"]
+            assert (failed["person"], failed["action"], failed["reason"]) == ("1", "create", "new")
+            assert failed["fields"]["reg_photo"]["to"] == bad.digest
+            assert "replace the photo" in failed["error"]
+            applied = [line for line in lines if line["event"] == "change.applied"]
+            assert sorted(line["person"] for line in applied) == ["2", "3"]
+            assert all(line["fields"] for line in applied)
             assert set(simulator.person_names()) == {"2", "3"}
             (waiting,) = (await store.attempts("box")).values()
             assert (waiting.person_id, waiting.failures) == ("1", 1)

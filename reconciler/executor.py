@@ -1,9 +1,10 @@
 """The executor: applies one target's plan and records every confirmed outcome at once.
 
-Order: write-ahead pending rows for creates, then creates / updates / replaces, then deletes
-last. Each batch the target confirms is written to the ledger in one transaction before the next
-outcome is looked at, so a crash loses at most the batch in flight, which the next pass re-plans
-(upserts are keyed by our id, so nothing is duplicated). I/O through the target and the store.
+Order: creates / updates / replaces, then deletes last. Each create's pending row (the
+write-ahead) is written before the call that carries it, while earlier calls are in flight; each
+batch the target confirms is written to the ledger in one transaction before the next outcome is
+looked at, so a crash loses at most the batches in flight, which the next pass re-plans (upserts
+are keyed by our id, so nothing is duplicated). I/O through the target and the store.
 """
 
 from __future__ import annotations
@@ -112,8 +113,6 @@ async def apply(
     if settled:
         # Their failures are moot: the target holds the record, or the person is gone.
         await store.record_attempts(plan.target, [], settled)
-    creates = [c.person_id for c in plan.changes if c.action is Action.CREATE]
-    await store.mark_pending(plan.target, creates)
     if plan.changes:
         report.attempts = await store.attempts(plan.target)
 
@@ -207,8 +206,9 @@ async def _apply_phase(
         return
     answered: set[str] = set()
     report.attempted += len(changes)
+    ahead = _WriteAhead(store, name, changes)
     try:
-        async for outcomes in target.apply(changes, stop=stop):
+        async for outcomes in target.apply(changes, stop=stop, before=ahead.before):
             await _record(name, outcomes, store, report)
             answered.update(o.change.person_id for o in outcomes)
     except TargetError as exc:
@@ -222,6 +222,50 @@ async def _apply_phase(
     interrupted = sum(1 for c in changes if c.person_id not in answered)
     report.interrupted += interrupted
     report.attempted -= interrupted
+
+
+class _WriteAhead:
+    """A phase's creates are owned (a pending row each) before the call that carries them.
+
+    The rows are written in the plan's order, each run reaching further ahead than the last (up
+    to RUN_AHEAD past what was asked), so the first call waits only for its own rows and most
+    later ones for none: targets send in the plan's order, or near it.
+    """
+
+    RUN_AHEAD = 1000
+
+    def __init__(self, store: Store, target: str, changes: Sequence[Change]) -> None:
+        self._store = store
+        self._target = target
+        self._creates = [c.person_id for c in changes if c.action is Action.CREATE]
+        self._position = {pid: index for index, pid in enumerate(self._creates)}
+        #: Each create whose row is written or being written: the write that covers it.
+        self._writes: dict[str, asyncio.Future[None]] = {}
+        self._next = 0  # creates before this position are all covered
+
+    async def before(self, batch: Sequence[Change]) -> None:
+        covering = {self._writes.get(c.person_id) for c in batch if c.action is Action.CREATE}
+        if None in covering:
+            covering.discard(None)
+            covering.add(self._write([c.person_id for c in batch if c.action is Action.CREATE]))
+        for write in covering:
+            assert write is not None
+            await asyncio.shield(write)  # one caller giving up must not undo another's rows
+
+    def _write(self, asked: list[str]) -> asyncio.Future[None]:
+        missing = [pid for pid in asked if pid not in self._writes]
+        further = max(self._position.get(pid, -1) for pid in missing) + 1
+        reach = min(len(self._creates), further + min(self.RUN_AHEAD, len(self._writes)))
+        run = missing + [
+            pid for pid in self._creates[self._next : reach] if pid not in self._writes
+        ]
+        run = list(dict.fromkeys(run))
+        write = asyncio.ensure_future(self._store.mark_pending(self._target, run))
+        for pid in run:
+            self._writes[pid] = write
+        while self._next < len(self._creates) and self._creates[self._next] in self._writes:
+            self._next += 1
+        return write
 
 
 async def _record(

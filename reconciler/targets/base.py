@@ -24,7 +24,12 @@ from reconciler.core.persons import PersonType
 from reconciler.core.planning import Observed, Prune, Select, TargetSpec
 from reconciler.core.safety import DeleteLimit
 
+#: Awaited with the changes a call will carry, before it is sent (Target.apply).
+Before = Callable[[Sequence[Change]], Awaitable[None]]
+
 _In = TypeVar("_In")
+_Ready = TypeVar("_Ready")
+_Batch = TypeVar("_Batch", bound=Sequence[Change])
 _Out = TypeVar("_Out")
 
 
@@ -157,11 +162,17 @@ class Target(Protocol):
         ...
 
     def apply(
-        self, changes: Sequence[Change], *, stop: asyncio.Event | None = None
+        self,
+        changes: Sequence[Change],
+        *,
+        stop: asyncio.Event | None = None,
+        before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         """Send the changes; yield the outcomes of each batch as soon as it is confirmed.
 
         Once `stop` is set, no new batch starts; batches in flight finish and are yielded.
+        `before(batch)` is awaited before the first call carrying those changes is sent (the
+        executor's write-ahead), ideally while earlier calls are in flight.
         """
         ...
 
@@ -178,12 +189,38 @@ class DepartmentTarget(Target, Protocol):
         ...
 
 
+async def announce(before: Before | None, changes: Sequence[Change]) -> None:
+    """Await `before` for these changes, if the caller gave one (a prepare stage's first step)."""
+    if before is not None:
+        await before(changes)
+
+
+def announcing(before: Before | None) -> Callable[[_Batch], Awaitable[_Batch]]:
+    """A `pipelined` prepare stage that only announces a batch of changes."""
+
+    async def prepare(batch: _Batch) -> _Batch:
+        await announce(before, batch)
+        return batch
+
+    return prepare
+
+
+def announcing_each(before: Before | None) -> Callable[[Change], Awaitable[Change]]:
+    """A `pipelined` prepare stage that only announces one change (one call per change)."""
+
+    async def prepare(change: Change) -> Change:
+        await announce(before, (change,))
+        return change
+
+    return prepare
+
+
 def chunks(items: Sequence[_In], size: int) -> Iterable[Sequence[_In]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-async def bounded(
+def bounded(
     items: Iterable[_In],
     work: Callable[[_In], Awaitable[_Out]],
     limit: int,
@@ -200,33 +237,103 @@ async def bounded(
     target confirmed). If one piece of work raises, nothing new starts and the rest is
     cancelled.
     """
+    return pipelined(items, None, work, limit, stop=stop)
+
+
+async def pipelined(
+    items: Iterable[_In],
+    prepare: Callable[[_In], Awaitable[_Ready]] | None,
+    send: Callable[[_Ready], Awaitable[_Out]],
+    limit: int,
+    *,
+    stop: asyncio.Event | None = None,
+) -> AsyncIterator[_Out]:
+    """`bounded`, with each item first prepared (a request body built, its write-ahead
+    written), up to `limit` items ahead of the sends: a slot that frees is taken at once by a
+    prepared item. A prepared item is sent only if `stop` is still clear when a slot is free
+    for it; a prepare that raises is raised as a send would be.
+
+    Without `prepare` the items are sent as they are.
+    """
     iterator = iter(items)
-    pending: set[asyncio.Future[_Out]] = set()
-    ready: collections.deque[asyncio.Future[_Out]] = collections.deque()
+    #: Prepared (or being prepared) items, in order; a send takes the first once it is done.
+    preparing: collections.deque[asyncio.Future[Any]] = collections.deque()
+    pending: set[asyncio.Future[Any]] = set()
+    ready: collections.deque[asyncio.Future[Any]] = collections.deque()
     arrived = asyncio.Event()
-    exhausted = False
+    halted = False  # nothing new is sent: stopping, a failure, or the caller went away
+    drained = False  # every item was taken from `items`
+    sending = 0  # sends not yet returned: what `limit` bounds
 
     def start() -> None:
-        nonlocal exhausted
-        while not exhausted and len(pending) < limit and len(pending) + len(ready) < 2 * limit:
+        send_prepared()
+        prepare_next()
+        if prepare is None:
+            send_prepared()  # items sent as they are are ready at once
+
+    def send_prepared() -> None:
+        nonlocal halted
+        nonlocal sending
+        while not halted and preparing and sending < limit:
+            if len(pending) + len(ready) >= 2 * limit:
+                break
             if stop is not None and stop.is_set():
-                exhausted = True
+                halted = True
+                arrived.set()  # the caller may be waiting on a prepare that no longer matters
                 break
-            try:
-                item = next(iterator)
-            except StopIteration:
-                exhausted = True
+            head = preparing[0]
+            if not head.done():
+                break  # its done callback comes back here
+            preparing.popleft()
+            if head.cancelled() or head.exception() is not None:
+                halted = True
+                ready.append(head)  # the caller raises it
+                arrived.set()
                 break
-            task = asyncio.ensure_future(work(item))
+            sending += 1
+            task = asyncio.ensure_future(sent(head.result()))
             pending.add(task)
             task.add_done_callback(finished)
 
-    def finished(task: asyncio.Future[_Out]) -> None:
-        nonlocal exhausted
+    async def sent(item: Any) -> Any:
+        # The next send is started here, as this one returns, rather than by the task's done
+        # callback: that would come a turn of the event loop later, behind whatever else is due.
+        nonlocal sending, halted
+        try:
+            return await send(item)
+        except BaseException:
+            halted = True
+            raise
+        finally:
+            sending -= 1
+            start()
+
+    def prepare_next() -> None:
+        # Queued after the sends just started, so a prepare never holds one back.
+        nonlocal drained
+        while not halted and not drained and len(preparing) < limit:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                drained = True
+                break
+            if prepare is None:
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                future.set_result(item)
+            else:
+                future = asyncio.ensure_future(prepare(item))
+                future.add_done_callback(prepared)
+            preparing.append(future)
+
+    def prepared(future: asyncio.Future[Any]) -> None:
+        start()
+
+    def finished(task: asyncio.Future[Any]) -> None:
+        nonlocal halted
         pending.discard(task)
         ready.append(task)
         if not task.cancelled() and task.exception() is not None:
-            exhausted = True
+            halted = True
         # The next request first, then the caller: its first steps are queued ahead of the
         # caller's wake-up, so recording a result never holds back a send.
         start()
@@ -234,7 +341,7 @@ async def bounded(
 
     try:
         start()
-        while pending or ready:
+        while pending or ready or (preparing and not halted):
             if not ready:
                 arrived.clear()
                 await arrived.wait()
@@ -243,9 +350,13 @@ async def bounded(
             start()  # a result taken: room for one more
             yield task.result()
     finally:
-        exhausted = True
+        halted = True
+        unfinished = [*pending, *(f for f in preparing if not f.done())]
         for task in pending:
             task.remove_done_callback(finished)
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        for future in preparing:
+            future.remove_done_callback(prepared)
+        for future in unfinished:
+            future.cancel()
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)

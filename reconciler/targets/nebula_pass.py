@@ -30,7 +30,17 @@ from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Compact, Invalid, KindSpec, Record, shared
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
-from reconciler.targets.base import Feed, Outcome, TargetSettings, bounded, chunks
+from reconciler.targets.base import (
+    Before,
+    Feed,
+    Outcome,
+    TargetSettings,
+    announce,
+    announcing,
+    bounded,
+    chunks,
+    pipelined,
+)
 from reconciler.targets.http import Backoff, HttpTarget, Response
 
 NAME = "nebula_pass"
@@ -167,6 +177,15 @@ def observed_record(user: Any, target: str) -> tuple[str, Record]:
 
 #: What _exchange() gives for a body already decoded.
 _UNCHANGED: Any = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _Upsert:
+    """One batch of upserts ready to send: its wire items, or why they could not be built."""
+
+    batch: list[Change]
+    items: list[dict[str, Any]] | None = None
+    error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -372,7 +391,11 @@ class NebulaPass(HttpTarget[Settings]):
         self._previous = (observed, seen)
 
     async def apply(
-        self, changes: Sequence[Change], *, stop: asyncio.Event | None = None
+        self,
+        changes: Sequence[Change],
+        *,
+        stop: asyncio.Event | None = None,
+        before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         replaces = [c for c in changes if c.action is Action.REPLACE]
         upserts = [c for c in changes if c.action in (Action.CREATE, Action.UPDATE)]
@@ -380,17 +403,22 @@ class NebulaPass(HttpTarget[Settings]):
 
         # A replace deletes first (type is immutable), then upserts with everything else.
         if replaces:
-            async for outcomes in self._delete(replaces, stop):
+            async for outcomes in self._delete(replaces, stop, before):
                 cleared = {o.change.person_id for o in outcomes if o.ok}
                 failed = [o for o in outcomes if not o.ok]
                 if failed:
                     yield failed
                 upserts.extend(c for c in replaces if c.person_id in cleared)
         batches = list(self._upsert_batches(upserts))
+
+        async def prepare(batch: list[Change]) -> _Upsert:
+            await announce(before, batch)
+            return await self._prepare_upsert(batch)
+
         limit = self._settings.concurrency
-        async for outcomes in bounded(batches, self._upsert, limit, stop=stop):
+        async for outcomes in pipelined(batches, prepare, self._send_upsert, limit, stop=stop):
             yield outcomes
-        async for outcomes in self._delete(deletes, stop):
+        async for outcomes in self._delete(deletes, stop, before):
             yield outcomes
 
     # -- writes -----------------------------------------------------------------------------
@@ -420,7 +448,7 @@ class NebulaPass(HttpTarget[Settings]):
             return True
         return any(f.field == "avatar" for f in change.fields)
 
-    async def _upsert(self, batch: list[Change]) -> list[Outcome]:
+    async def _prepare_upsert(self, batch: list[Change]) -> _Upsert:
         reads_photos = any(
             c.person is not None and c.person.photo is not None and self._sends_avatar(c)
             for c in batch
@@ -433,11 +461,13 @@ class NebulaPass(HttpTarget[Settings]):
                 else self._wire_items(batch)
             )
         except OSError as exc:
-            return [
-                Outcome(change=c, ok=False, error=f"photo could not be read: {exc.strerror}")
-                for c in batch
-            ]
-        return await self._write("POST", "/v2/user", {"user_list": items}, batch)
+            return _Upsert(batch=batch, error=f"photo could not be read: {exc.strerror}")
+        return _Upsert(batch=batch, items=items)
+
+    async def _send_upsert(self, upsert: _Upsert) -> list[Outcome]:
+        if upsert.items is None:
+            return [Outcome(change=c, ok=False, error=upsert.error) for c in upsert.batch]
+        return await self._write("POST", "/v2/user", {"user_list": upsert.items}, upsert.batch)
 
     def _wire_items(self, batch: list[Change]) -> list[dict[str, Any]]:
         """The batch as the device wants it; photo bytes are read here, off the event loop."""
@@ -462,14 +492,15 @@ class NebulaPass(HttpTarget[Settings]):
         return items
 
     async def _delete(
-        self, changes: Sequence[Change], stop: asyncio.Event | None
+        self, changes: Sequence[Change], stop: asyncio.Event | None, before: Before | None
     ) -> AsyncIterator[list[Outcome]]:
         async def one(batch: Sequence[Change]) -> list[Outcome]:
             body = {"ids": [c.person_id for c in batch]}
             return await self._write("DELETE", "/v2/user", body, batch, missing_ok=True)
 
         batches = list(chunks(changes, PAGE_LIMIT))
-        async for outcomes in bounded(batches, one, self._settings.concurrency, stop=stop):
+        limit = self._settings.concurrency
+        async for outcomes in pipelined(batches, announcing(before), one, limit, stop=stop):
             yield outcomes
 
     async def _write(

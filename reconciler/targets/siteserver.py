@@ -25,7 +25,14 @@ from reconciler.core.persons import Person, Photo
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
-from reconciler.targets.base import Outcome, TargetSettings, bounded
+from reconciler.targets.base import (
+    Before,
+    Outcome,
+    TargetSettings,
+    announcing_each,
+    bounded,
+    pipelined,
+)
 from reconciler.targets.http import Backoff, HttpTarget, Part, Response, excerpt
 
 NAME = "siteserver"
@@ -221,14 +228,19 @@ class SiteServer(HttpTarget[Settings]):
         return Observed(persons=dict(sorted(persons.items())))
 
     async def apply(
-        self, changes: Sequence[Change], *, stop: asyncio.Event | None = None
+        self,
+        changes: Sequence[Change],
+        *,
+        stop: asyncio.Event | None = None,
+        before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         self._refused = None
         upserts = [c for c in changes if c.action is not Action.DELETE]
         deletes = [c for c in changes if c.action is Action.DELETE]
         limit = self._settings.concurrency
+        each = announcing_each(before)
         for phase in (upserts, deletes):
-            async for outcome in bounded(phase, self._one, limit, stop=stop):
+            async for outcome in pipelined(phase, each, self._one, limit, stop=stop):
                 yield [outcome]
 
     # -- one change -------------------------------------------------------------------------

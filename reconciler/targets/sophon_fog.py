@@ -48,7 +48,16 @@ from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
-from reconciler.targets.base import Outcome, TargetSettings, bounded, chunks
+from reconciler.targets.base import (
+    Before,
+    Outcome,
+    TargetSettings,
+    announcing,
+    announcing_each,
+    bounded,
+    chunks,
+    pipelined,
+)
 from reconciler.targets.http import Backoff, HttpTarget, Response, excerpt
 
 NAME = "sophon_fog"
@@ -247,7 +256,11 @@ class SophonFog(HttpTarget[Settings]):
         )
 
     async def apply(
-        self, changes: Sequence[Change], *, stop: asyncio.Event | None = None
+        self,
+        changes: Sequence[Change],
+        *,
+        stop: asyncio.Event | None = None,
+        before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         upserts = sorted(
             (c for c in changes if c.action is not Action.DELETE), key=lambda c: c.person_id
@@ -255,10 +268,11 @@ class SophonFog(HttpTarget[Settings]):
         deletes = [c for c in changes if c.action is Action.DELETE]
         limit = self._settings.concurrency
         # No batch create exists: each person is one confirmed call, recorded as it lands.
-        async for outcome in bounded(upserts, self._upsert, limit, stop=stop):
+        each, batched = announcing_each(before), announcing(before)
+        async for outcome in pipelined(upserts, each, self._upsert, limit, stop=stop):
             yield [outcome]
         batches = list(chunks(deletes, self._settings.delete_batch))
-        async for outcomes in bounded(batches, self._delete_batch, limit, stop=stop):
+        async for outcomes in pipelined(batches, batched, self._delete_batch, limit, stop=stop):
             yield outcomes
 
     # -- reading ------------------------------------------------------------------------------

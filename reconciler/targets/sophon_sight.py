@@ -42,12 +42,15 @@ from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid, KindSpec, Record
 from reconciler.errors import PermanentTargetError, TargetError, TemporaryTargetError
 from reconciler.targets.base import (
+    Before,
     DepartmentOutcome,
     Duration,
     Outcome,
     TargetSettings,
-    bounded,
+    announcing,
+    announcing_each,
     chunks,
+    pipelined,
 )
 from reconciler.targets.http import Backoff, HttpTarget, Response, excerpt
 
@@ -208,16 +211,21 @@ class SophonSight(HttpTarget[Settings]):
         return None
 
     async def apply(
-        self, changes: Sequence[Change], *, stop: asyncio.Event | None = None
+        self,
+        changes: Sequence[Change],
+        *,
+        stop: asyncio.Event | None = None,
+        before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         upserts = [c for c in changes if c.action is not Action.DELETE]
         deletes = [c for c in changes if c.action is Action.DELETE]
         limit = self._settings.concurrency
         # One addOrEdit per person is all the API offers; each is confirmed on its own.
-        async for outcome in bounded(upserts, self._upsert, limit, stop=stop):
+        each, batched = announcing_each(before), announcing(before)
+        async for outcome in pipelined(upserts, each, self._upsert, limit, stop=stop):
             yield [outcome]
         batches = list(chunks(deletes, self._settings.delete_batch))
-        async for outcomes in bounded(batches, self._delete, limit, stop=stop):
+        async for outcomes in pipelined(batches, batched, self._delete, limit, stop=stop):
             yield outcomes
 
     async def apply_departments(

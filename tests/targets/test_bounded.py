@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from reconciler.targets.base import bounded
+from reconciler.targets.base import bounded, pipelined
 
 #: Every wait here ends: a piece of work that never finishes fails the test by this time.
 DEADLINE = 5.0
@@ -84,3 +84,95 @@ async def test_a_failing_piece_fails_the_whole_and_cancels_the_rest() -> None:
         async for _ in bounded(range(10), work, 3):
             pass
     assert sorted(cancelled) == [1, 2]
+
+
+async def test_items_are_prepared_ahead_and_a_free_slot_takes_a_prepared_one() -> None:
+    """While `limit` sends are in flight, the next items are prepared, so that a slot that
+    frees is taken without waiting for a prepare; sends go out in the items' order."""
+    prepared: list[int] = []
+    sent: list[int] = []
+    gates = {n: asyncio.Event() for n in range(8)}
+
+    async def prepare(n: int) -> str:
+        prepared.append(n)
+        return f"body {n}"
+
+    async def send(body: str) -> str:
+        sent.append(int(body.split()[1]))
+        await asyncio.wait_for(gates[int(body.split()[1])].wait(), DEADLINE)
+        return body
+
+    results = pipelined(range(8), prepare, send, 2)
+    pending = asyncio.ensure_future(anext(results))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sent == [0, 1]  # never more than the limit in flight
+    assert prepared == [0, 1, 2, 3]  # two in flight, two prepared and waiting
+    gates[0].set()
+    assert await asyncio.wait_for(pending, DEADLINE) == "body 0"
+    await asyncio.sleep(0)
+    assert sent == [0, 1, 2]
+    for gate in gates.values():
+        gate.set()
+    rest = [body async for body in results]
+    assert sorted(rest) == [f"body {n}" for n in range(1, 8)]
+    assert sent == list(range(8))
+
+
+async def test_once_stopped_a_prepared_item_is_not_sent() -> None:
+    stop = asyncio.Event()
+    prepared: list[int] = []
+    sent: list[int] = []
+
+    async def prepare(n: int) -> int:
+        prepared.append(n)
+        return n
+
+    async def send(n: int) -> int:
+        sent.append(n)
+        if n == 1:
+            stop.set()
+        await asyncio.sleep(0.01)
+        return n
+
+    done = [n async for n in pipelined(range(10), prepare, send, 2, stop=stop)]
+    assert sorted(done) == sent == [0, 1]
+    assert len(prepared) > len(sent)  # prepared ahead, never sent
+
+
+async def test_a_failing_prepare_fails_the_whole_and_sends_nothing_after_it() -> None:
+    sent: list[int] = []
+
+    async def prepare(n: int) -> int:
+        if n == 2:
+            raise ValueError("photo unreadable")
+        return n
+
+    async def send(n: int) -> int:
+        sent.append(n)
+        await asyncio.sleep(0.01)
+        return n
+
+    with pytest.raises(ValueError, match="photo unreadable"):
+        async for _ in pipelined(range(10), prepare, send, 2):
+            pass
+    assert sent == [0, 1]
+
+
+async def test_a_stop_while_only_prepares_are_running_ends_the_run() -> None:
+    """Nothing in flight, the next prepare slow: setting `stop` ends the run once it is done,
+    and nothing is sent."""
+    stop = asyncio.Event()
+    sent: list[int] = []
+
+    async def prepare(n: int) -> int:
+        await asyncio.sleep(0.01)
+        return n
+
+    async def send(n: int) -> int:
+        sent.append(n)
+        return n
+
+    stop.set()
+    done = [n async for n in pipelined(range(4), prepare, send, 2, stop=stop)]
+    assert done == sent == []

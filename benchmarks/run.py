@@ -137,6 +137,13 @@ class Bench:
         out["apply_lead"] = stats["first_write"] - sync["apply_started"]
         out["apply_sustained"] = stats["writes"] / (stats["last_write"] - stats["first_write"])
         out["first_sync_minimum"] = MINIMUM["nebula_pass"](size)
+        # The same calls from a bare aiohttp client, into a device of its own: what this
+        # simulator, loopback and machine allow any client.
+        bare_index, bare_urls = self.host.start("nebula_pass", 1, size)
+        self.host.latency(LATENCY, [bare_index])
+        bare = self.worker({"job": "bare_batches", "url": bare_urls[0], "size": size})
+        out["apply_bare_calls"] = self.host.stats([bare_index])["writes"]
+        out["apply_bare_rate"] = out["apply_bare_calls"] / bare.result["seconds"]
 
         # The CLI: a cold plan (desired files never seen: no cache, the ledger kept), then warm.
         cli = folder / "cli"
@@ -459,7 +466,8 @@ def table(results: Mapping[str, Any]) -> str:
             f"{r['apply_rate'] / (4 / LATENCY):.0%}; {r['apply_lead']:.2f} s before the first "
             f"write, then {r['apply_sustained']:.0f} = {r['apply_sustained'] / (4 / LATENCY):.0%}; "
             f"in flight {r['apply_in_flight']:.2f} of 4, {r['apply_call_ms']:.1f} ms a call at "
-            "the target"
+            f"the target; a bare aiohttp client: {r['apply_bare_rate']:.0f} = "
+            f"{r['apply_bare_rate'] / (4 / LATENCY):.0%}"
         ),
         f"≥ 90 % of {4 / LATENCY:.0f} calls/s",
         lambda r: r["apply_rate"] >= 0.9 * 4 / LATENCY,

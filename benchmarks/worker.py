@@ -283,6 +283,31 @@ async def job_bare_calls(job: Mapping[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started}
 
 
+async def job_bare_batches(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The ceiling of the batch throughput run: a bare aiohttp client upserting the same persons
+    into a nebula_pass device, PAGE a call and PEER_CONCURRENCY calls at a time, the bodies
+    built before the clock starts: no planning, write-ahead, ledger or logs."""
+    url = job["url"]
+    items = _device_items(job["size"], 0)
+    bodies = iter(
+        [orjson.dumps({"user_list": items[s : s + PAGE]}) for s in range(0, len(items), PAGE)]
+    )
+    connector = aiohttp.TCPConnector(limit=PEER_CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        headers = {**await _login(session, url), "Content-Type": "application/json"}
+
+        async def worker() -> None:
+            for body in bodies:
+                async with session.post(url + "/v2/user", data=body, headers=headers) as r:
+                    answer = orjson.loads(await r.read())
+                    if r.status != 200 or answer["data"]["errors"]:
+                        raise RuntimeError(f"bare batch refused: HTTP {r.status} {answer}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(PEER_CONCURRENCY)))
+    return {"seconds": time.perf_counter() - started}
+
+
 async def job_bare_yaml(job: Mapping[str, Any]) -> dict[str, Any]:
     """Seconds PyYAML's C loader takes for the file with the collector paused: the floor a
     cold parse is held to."""
@@ -303,6 +328,7 @@ JOBS = {
     "deepdiff": job_deepdiff,
     "bare_yaml": job_bare_yaml,
     "bare_calls": job_bare_calls,
+    "bare_batches": job_bare_batches,
 }
 
 

@@ -69,6 +69,7 @@ def test_the_harness_runs_end_to_end_and_prints_one_table(
     # The peers ran against the same device: the naive push rewrote everyone, the DeepDiff
     # planner found the same changes as ours.
     assert measured["naive_writes"] == math.ceil(SIZE / 100)
+    assert measured["apply_bare_calls"] == math.ceil(SIZE / 100)  # the bare client's ceiling
     assert measured["deepdiff_changes"] == changed
     for kind, calls in found["kinds"][str(SIZE)].items():
         for phase, entry in calls.items():

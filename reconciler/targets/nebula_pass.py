@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -409,7 +409,7 @@ class NebulaPass(HttpTarget[Settings]):
                 if failed:
                     yield failed
                 upserts.extend(c for c in replaces if c.person_id in cleared)
-        batches = list(self._upsert_batches(upserts))
+        batches = self._upsert_batches(upserts)
 
         async def prepare(batch: list[Change]) -> _Upsert:
             await announce(before, batch)
@@ -423,9 +423,9 @@ class NebulaPass(HttpTarget[Settings]):
 
     # -- writes -----------------------------------------------------------------------------
 
-    def _upsert_batches(self, changes: Sequence[Change]) -> list[list[Change]]:
-        """Batches capped by count and by the bytes their photos will add."""
-        batches: list[list[Change]] = []
+    def _upsert_batches(self, changes: Sequence[Change]) -> Iterator[list[Change]]:
+        """Batches capped by count and by the bytes their photos will add, made as they are
+        sent: the first call need not wait for the last batch."""
         current: list[Change] = []
         size = 0
         for change in sorted(changes, key=lambda c: c.person_id):
@@ -434,13 +434,12 @@ class NebulaPass(HttpTarget[Settings]):
             if current and (
                 len(current) >= self._settings.batch_size or size + weight > MAX_BATCH_BYTES
             ):
-                batches.append(current)
+                yield current
                 current, size = [], 0
             current.append(change)
             size += weight
         if current:
-            batches.append(current)
-        return batches
+            yield current
 
     @staticmethod
     def _sends_avatar(change: Change) -> bool:

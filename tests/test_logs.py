@@ -6,6 +6,7 @@ import io
 import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -47,7 +48,7 @@ def test_lines_written_together_read_as_one_by_one(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(logs, "_redactor", logs._redactor)
     logs.configure("json")
     logs.protect(["lobby-pw-4471"])
-    entries = [
+    entries: list[dict[str, Any]] = [
         {"action": "create", "person": "1", "fields": {"pin": {"sensitive": True}}},
         {"action": "update", "person": "2", "fields": {"note": {"to": "lobby-pw-4471"}}},
         {"action": "delete", "person": "3", "pin": 1234},

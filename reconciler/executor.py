@@ -244,22 +244,23 @@ class _WriteAhead:
         self._next = 0  # creates before this position are all covered
 
     async def before(self, batch: Sequence[Change]) -> None:
-        covering = {self._writes.get(c.person_id) for c in batch if c.action is Action.CREATE}
+        creates = [c.person_id for c in batch if c.action is Action.CREATE]
+        covering = {self._writes.get(pid) for pid in creates}
         if None in covering:
             covering.discard(None)
-            covering.add(self._write([c.person_id for c in batch if c.action is Action.CREATE]))
+            covering.add(self._write([pid for pid in creates if pid not in self._writes]))
         for write in covering:
             assert write is not None
             await asyncio.shield(write)  # one caller giving up must not undo another's rows
 
-    def _write(self, asked: list[str]) -> asyncio.Future[None]:
-        missing = [pid for pid in asked if pid not in self._writes]
+    def _write(self, missing: list[str]) -> asyncio.Future[None]:
+        """One transaction: the rows asked for, and the uncovered creates that come next."""
         further = max(self._position.get(pid, -1) for pid in missing) + 1
+        # Twice as far ahead as is covered so far (up to RUN_AHEAD): the first call waits for
+        # its own rows alone.
         reach = min(len(self._creates), further + min(self.RUN_AHEAD, len(self._writes)))
-        run = missing + [
-            pid for pid in self._creates[self._next : reach] if pid not in self._writes
-        ]
-        run = list(dict.fromkeys(run))
+        ahead = (pid for pid in self._creates[self._next : reach] if pid not in self._writes)
+        run = list(dict.fromkeys([*missing, *ahead]))
         write = asyncio.ensure_future(self._store.mark_pending(self._target, run))
         for pid in run:
             self._writes[pid] = write

@@ -272,8 +272,7 @@ async def pipelined(
             send_prepared()  # items sent as they are are ready at once
 
     def send_prepared() -> None:
-        nonlocal halted
-        nonlocal sending
+        nonlocal halted, sending
         while not halted and preparing and sending < limit:
             if len(pending) + len(ready) >= 2 * limit:
                 break

@@ -26,7 +26,6 @@ from reconciler.sources import sql, yamlfile
 from reconciler.sources.parsed import ParsedCache
 from reconciler.sources.yamlfile import Loaded, RawTarget
 from reconciler.store.base import Store
-from reconciler.store.postgres import PostgresStore, parse_url
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
 from reconciler.targets.base import Target, TargetSettings
@@ -240,6 +239,10 @@ async def connect_store(settings: Settings) -> Store:
     if scheme == "sqlite":
         return await SqliteStore.open(store_path(settings), replica=settings.replica_id)
     if scheme in ("postgresql", "postgres"):
+        # Imported here: psycopg takes a tenth of a second to import, which the embedded
+        # store (and every command) need not pay.
+        from reconciler.store.postgres import PostgresStore
+
         return await PostgresStore.open(settings.resolved_store_url, replica=settings.replica_id)
     raise ConfigError(
         f"RECONCILER_STORE_URL: use sqlite:///PATH or postgresql://…, not {scheme}://"
@@ -250,6 +253,8 @@ def store_location(settings: Settings) -> str:
     """Where the store is, for messages: the SQLite file, or the URL without its password."""
     if urlparse(settings.resolved_store_url).scheme == "sqlite":
         return str(store_path(settings))
+    from reconciler.store.postgres import parse_url
+
     return parse_url(settings.resolved_store_url).shown
 
 

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-import psycopg
-from psycopg import errors as pg_errors
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
@@ -36,6 +34,9 @@ from reconciler.core.records import Hasher, desired_digest
 from reconciler.errors import DesiredError, Problem
 from reconciler.sources import document as doc
 from reconciler.sources.yamlfile import Loaded, PersonsSource, read_photo
+
+if TYPE_CHECKING:
+    import psycopg
 
 #: Row problems reported per source; a query that is wrong for every row would otherwise bury
 #: the first, most useful ones under thousands of the same.
@@ -496,6 +497,11 @@ def _read_sqlite(path: Path, query: str, timeout: float) -> _Rows:
 async def _read_postgres(source: PersonsSource) -> _Rows:
     """A read-only transaction whose statement_timeout the server enforces; the query is sent
     prepared, so it is exactly one statement; the transaction is rolled back, never committed."""
+    # Imported here: psycopg takes a tenth of a second to import, and only PostgreSQL sources
+    # (not every CLI start) need it.
+    import psycopg
+    from psycopg import errors as pg_errors
+
     url, query, timeout = source.url, source.query, source.timeout
     try:
         async with asyncio.timeout(timeout):

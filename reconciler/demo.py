@@ -143,8 +143,8 @@ async def run(
         passes_query = "'SELECT * FROM passes'"
         click.echo(
             "\nWhere to look:\n"
-            "  the log lines on stderr: plan.computed, change.planned, then change.applied "
-            "or change.failed per person\n"
+            "  the log lines on stderr: plan.computed, then change.applied or change.failed "
+            "per person (with what changed)\n"
             f"  the ledger (what reconciler owns): sqlite3 {store} {ledger_query}\n"
             f"  the passes: sqlite3 {store} {passes_query}\n"
             "  your own site: cp desired.example.yaml desired.yaml, edit, then "

@@ -644,3 +644,24 @@ def test_persons_from_entries_are_read_from_the_environment_at_every_load() -> N
     assert problems(path, cached=True, env={"HR_URL": "mysql://x"}) == problems(
         path, cached=False, env={"HR_URL": "mysql://x"}
     )
+
+
+def test_persons_are_built_when_first_looked_at_and_read_as_a_sorted_dict() -> None:
+    """A command that recalls its settled plan never needs the Person objects, so a load from
+    the cache (its digest kept too) builds them on first use; until then it still knows how
+    many there are."""
+    write(
+        "conf/20-a.yaml", 'version: 1\npersons:\n  - {id: "3", name: C}\n  - {id: "1", name: A}\n'
+    )
+    write("conf/30-b.yaml", 'version: 1\npersons:\n  - {id: "2", name: B}\n')
+    plain = load(Path("conf"), env=ENV, hasher=HASHER)
+    load_with(Path("conf"))
+    persons = load_with(Path("conf")).desired.persons
+    assert len(persons) == 3
+    assert getattr(persons, "_built", None) is None  # nothing built by the load itself
+    assert list(persons) == ["1", "2", "3"]
+    assert "2" in persons
+    assert "4" not in persons
+    assert persons == plain.desired.persons
+    assert [p.name for p in persons.values()] == ["A", "B", "C"]
+    assert len(persons) == 3

@@ -5,6 +5,7 @@ plans again. A new process recalls the last settled plan from the store on the s
 from __future__ import annotations
 
 import contextlib
+import gc
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -265,3 +266,32 @@ async def test_a_settled_plan_made_by_other_code_or_mangled_is_a_miss(
     async with process(tmp_path) as app:
         assert not (await cycle.plan(app, recall=True)).has_changes
     assert computed == ["lobby", "lobby"]
+
+
+async def test_applying_leaves_what_existed_out_of_the_collectors_scans_then_gives_it_back(
+    opened: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a plan is applied the heap that existed (desired state, plan, snapshots) is frozen
+    for the collector; afterwards, and after a failure too, nothing stays frozen."""
+    seen: list[int] = []
+    real = NebulaPass.apply
+
+    def watched(self: NebulaPass, *args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.get_freeze_count())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(NebulaPass, "apply", watched)
+    plan = await cycle.plan(opened, backoff=True)
+    report = await cycle.apply(opened, plan)
+    assert report.result == "ok"
+    assert seen
+    assert seen[0] > 0
+    assert gc.get_freeze_count() == 0
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(opened.store, "begin_pass", failing)
+    with pytest.raises(RuntimeError, match="went away"):
+        await cycle.apply(opened, plan)
+    assert gc.get_freeze_count() == 0

@@ -274,6 +274,18 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """What exists now (the desired state, the plan, the snapshots) left out of the collector's
+    scans for a while (gc.freeze), for work that allocates briskly beside a large heap: applying
+    a plan. The collector still runs, over what is new; afterwards it sees everything again."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _walk(root: Node | None, path: KeyPath, *, key: bool) -> tuple[Node | None, bool]:
     """The node at path (the key node of the last step if key), or the deepest one found."""
     node = root

@@ -328,11 +328,9 @@ async def pipelined(
         start()
 
     def finished(task: asyncio.Future[Any]) -> None:
-        nonlocal halted
+        # A send that raised has halted the run already (sent()).
         pending.discard(task)
         ready.append(task)
-        if not task.cancelled() and task.exception() is not None:
-            halted = True
         # The next request first, then the caller: its first steps are queued ahead of the
         # caller's wake-up, so recording a result never holds back a send.
         start()

@@ -191,8 +191,8 @@ class Plan:
     def summary(self) -> dict[str, int]:
         totals = {action.value: 0 for action in Action}
         for target_plan in self.targets.values():
-            for change in target_plan.changes:
-                totals[change.action.value] += 1
+            for action, count in target_plan.planned.items():
+                totals[action] += count
         return totals
 
     @property

@@ -227,14 +227,9 @@ async def exercise(daemon: Running, hr: Database, server: str, nebula: NebulaPas
         assert set(nebula.users) == everyone
         assert nebula.log.writes() == writes
 
-        # Failing: the same.
-        hr.execute("UPDATE control SET delay = 0", "ALTER TABLE employees RENAME TO gone")
-        await daemon.until(
-            lambda: invalid(daemon, 'the query failed: relation "employees" does not exist'),
-            "failing",
-        )
-        assert (await get("/readyz"))[0] == 503
-        hr.execute("ALTER TABLE gone RENAME TO employees")
+        # Every step below goes from one bad state to another, so that no pass in between can
+        # read the database (and see Bob gone) before the recovery. The delay stays at 30 s
+        # until the table is gone.
 
         # Unreachable: the same.
         allow_connections(hr, server, allow=False)
@@ -244,9 +239,22 @@ async def exercise(daemon: Running, hr: Database, server: str, nebula: NebulaPas
         await daemon.until(lambda: daemon.passes() >= passes + 2, "two passes while unreachable")
         assert set(nebula.users) == everyone
         assert nebula.log.writes() == writes
+        allow_connections(hr, server, allow=True)
+
+        # Failing: the same.
+        hr.execute("ALTER TABLE employees RENAME TO gone", "UPDATE control SET delay = 0")
+        await daemon.until(
+            lambda: invalid(daemon, 'the query failed: relation "employees" does not exist'),
+            "failing",
+        )
+        assert (await get("/readyz"))[0] == 503
+        passes = daemon.passes()
+        await daemon.until(lambda: daemon.passes() >= passes + 2, "two passes while failing")
+        assert set(nebula.users) == everyone
+        assert nebula.log.writes() == writes
 
         # Recovered: the database as it is now (Bob has left) is the desired state again.
-        allow_connections(hr, server, allow=True)
+        hr.execute("ALTER TABLE gone RENAME TO employees")
         await daemon.until(lambda: set(nebula.users) == {"1001", "1004", "9"}, "the recovery")
         ok = daemon.passes("ok")
         await daemon.until(lambda: daemon.passes("ok") > ok, "one more ok pass")

@@ -20,6 +20,7 @@ import structlog
 from reconciler import logs
 from reconciler.core import attempts as backoff
 from reconciler.core.changes import (
+    UPSERTS,
     Action,
     Attempt,
     Change,
@@ -27,6 +28,7 @@ from reconciler.core.changes import (
     TargetPlan,
     change_document,
     department_document,
+    having,
 )
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import TargetError
@@ -116,8 +118,7 @@ async def apply(
     if plan.changes:
         report.attempts = await store.attempts(plan.target)
 
-    upserts = [c for c in plan.changes if c.action is not Action.DELETE]
-    deletes = [c for c in plan.changes if c.action is Action.DELETE]
+    upserts, deletes = having(plan.changes, UPSERTS), having(plan.changes, {Action.DELETE})
     # Departments exist before the persons placed in them, and go after the persons leave.
     await _apply_departments(
         [d for d in plan.departments if d.action is not Action.DELETE], target, store, report, stop

@@ -25,7 +25,7 @@ from collections.abc import (
 )
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import orjson
 
@@ -107,7 +107,7 @@ class SqliteStore:
         self._lock_file: int | None = None
 
     @classmethod
-    async def open(cls, path: Path, *, replica: str | None = None) -> SqliteStore:
+    async def open(cls, path: Path, *, replica: str | None = None) -> Self:
         store = cls(path, replica=replica)
         try:
             await store._run(store._connect)

@@ -19,13 +19,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydantic import Field, SecretStr
 
-from reconciler.core.changes import Action, Change
+from reconciler.core.changes import Action, Change, having
 from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Compact, Invalid, KindSpec, Record, shared
@@ -397,9 +398,9 @@ class NebulaPass(HttpTarget[Settings]):
         stop: asyncio.Event | None = None,
         before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
-        replaces = [c for c in changes if c.action is Action.REPLACE]
-        upserts = [c for c in changes if c.action in (Action.CREATE, Action.UPDATE)]
-        deletes = [c for c in changes if c.action is Action.DELETE]
+        replaces = having(changes, {Action.REPLACE})
+        upserts = having(changes, {Action.CREATE, Action.UPDATE})
+        deletes = having(changes, {Action.DELETE})
 
         # A replace deletes first (type is immutable), then upserts with everything else.
         if replaces:
@@ -428,7 +429,7 @@ class NebulaPass(HttpTarget[Settings]):
         sent: the first call need not wait for the last batch."""
         current: list[Change] = []
         size = 0
-        for change in sorted(changes, key=lambda c: c.person_id):
+        for change in sorted(changes, key=attrgetter("person_id")):
             photo = change.person.photo if change.person is not None else None
             weight = photo.size * 4 // 3 + 1024 if photo and self._sends_avatar(change) else 1024
             if current and (

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeGuard
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from reconciler.core.changes import Action, Change
+from reconciler.core.changes import UPSERTS, Action, Change, having
 from reconciler.core.persons import Person, Photo
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
@@ -235,8 +235,7 @@ class SiteServer(HttpTarget[Settings]):
         before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         self._refused = None
-        upserts = [c for c in changes if c.action is not Action.DELETE]
-        deletes = [c for c in changes if c.action is Action.DELETE]
+        upserts, deletes = having(changes, UPSERTS), having(changes, {Action.DELETE})
         limit = self._settings.concurrency
         each = announcing_each(before)
         for phase in (upserts, deletes):

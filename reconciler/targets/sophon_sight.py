@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from reconciler.core.changes import Action, Change, DepartmentChange
+from reconciler.core.changes import UPSERTS, Action, Change, DepartmentChange, having
 from reconciler.core.persons import Person, PersonType, Photo
 from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid, KindSpec, Record
@@ -217,8 +217,7 @@ class SophonSight(HttpTarget[Settings]):
         stop: asyncio.Event | None = None,
         before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
-        upserts = [c for c in changes if c.action is not Action.DELETE]
-        deletes = [c for c in changes if c.action is Action.DELETE]
+        upserts, deletes = having(changes, UPSERTS), having(changes, {Action.DELETE})
         limit = self._settings.concurrency
         # One addOrEdit per person is all the API offers; each is confirmed on its own.
         each, batched = announcing_each(before), announcing(before)

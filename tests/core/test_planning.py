@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from reconciler.core import planning
-from reconciler.core.changes import Action, Reason
+from reconciler.core.changes import UPSERTS, Action, Change, Reason, having
 from reconciler.core.persons import Desired, Person, PersonType, Photo
 from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson, Prune, Select
 from tests.core.kinds import HASHER, KIND, SPEC, apply_in_memory, projection, render
@@ -268,3 +268,18 @@ def test_a_target_already_holding_the_desired_record_only_refreshes_the_ledger()
     assert refresh.person_id == "1"
     assert refresh.fingerprint == HASHER.digest(render(new))
     assert refresh.fingerprint != ledger["1"].fingerprint
+
+
+def test_changes_having_an_action_keep_their_order() -> None:
+    def one(pid: str, action: Action) -> Change:
+        return Change(action=action, person_id=pid, reason=Reason.INTENT, fingerprint="f")
+
+    mixed = [one("1", Action.CREATE), one("2", Action.DELETE), one("3", Action.UPDATE)]
+    assert [c.person_id for c in having(mixed, UPSERTS)] == ["1", "3"]
+    assert [c.person_id for c in having(mixed, {Action.DELETE})] == ["2"]
+    assert having(mixed, {Action.REPLACE}) == []
+    creates = [one(str(n), Action.CREATE) for n in range(5)]
+    alike = having(creates, UPSERTS)
+    assert alike == creates
+    alike.append(one("9", Action.CREATE))  # a list of its own, never the caller's
+    assert len(creates) == 5

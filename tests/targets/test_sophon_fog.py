@@ -135,7 +135,7 @@ async def test_a_first_sync_of_n_persons_is_n_posts_and_m_deletes_are_batched(
     box.log.clear()
     kept = desired(*(person(f"{n:04d}") for n in range(140)))
     plan = await sync.plan(kept)
-    assert plan.count(Action.DELETE) == 120
+    assert plan.planned.get("delete") == 120
     outcomes = await sync.apply(plan)
     assert all(o.ok for o in outcomes)
     assert box.log.count("DELETE", USERS) == 3  # ceil(120 / 50)

@@ -220,6 +220,8 @@ async def _apply_phase(
             _failed(name, report, change, exc.message)
         await _note_attempts(name, store, report, [(c, exc.message) for c in unanswered], [])
         return
+    finally:
+        await ahead.settled()
     interrupted = sum(1 for c in changes if c.person_id not in answered)
     report.interrupted += interrupted
     report.attempted -= interrupted
@@ -228,9 +230,10 @@ async def _apply_phase(
 class _WriteAhead:
     """A phase's creates are owned (a pending row each) before the call that carries them.
 
-    The rows are written in the plan's order, each run reaching further ahead than the last (up
-    to RUN_AHEAD past what was asked), so the first call waits only for its own rows and most
-    later ones for none: targets send in the plan's order, or near it.
+    The rows are written in the plan's order, ahead of the calls: a new run starts while fewer
+    rows are written ahead than have been asked for (up to RUN_AHEAD), and reaches as far again,
+    so a call in plan order finds its rows written and waits for nothing; the first call waits
+    for its own rows alone. The plan is walked as it is sent, never indexed up front.
     """
 
     RUN_AHEAD = 1000
@@ -238,35 +241,57 @@ class _WriteAhead:
     def __init__(self, store: Store, target: str, changes: Sequence[Change]) -> None:
         self._store = store
         self._target = target
-        self._creates = [c.person_id for c in changes if c.action is Action.CREATE]
-        self._position = {pid: index for index, pid in enumerate(self._creates)}
+        self._changes = changes
         #: Each create whose row is written or being written: the write that covers it.
         self._writes: dict[str, asyncio.Future[None]] = {}
-        self._next = 0  # creates before this position are all covered
+        self._runs: list[asyncio.Future[None]] = []
+        self._next = 0  # the changes before this index are covered, or are not creates
+        self._asked = 0  # creates asked for so far
 
     async def before(self, batch: Sequence[Change]) -> None:
         creates = [c.person_id for c in batch if c.action is Action.CREATE]
+        self._asked += len(creates)
         covering = {self._writes.get(pid) for pid in creates}
         if None in covering:
             covering.discard(None)
             covering.add(self._write([pid for pid in creates if pid not in self._writes]))
+        if self._next < len(self._changes) and (
+            len(self._writes) - self._asked < min(self.RUN_AHEAD, self._asked)
+        ):
+            self._write([])
         for write in covering:
             assert write is not None
             await asyncio.shield(write)  # one caller giving up must not undo another's rows
 
+    async def settled(self) -> None:
+        """Every run finished: none outlives the apply. A run that no call waited for carried
+        no call, so its failure changes nothing sent; the records that follow it report a
+        failing store."""
+        await asyncio.gather(*self._runs, return_exceptions=True)
+
     def _write(self, missing: list[str]) -> asyncio.Future[None]:
-        """One transaction: the rows asked for, and the uncovered creates that come next."""
-        further = max(self._position.get(pid, -1) for pid in missing) + 1
-        # Twice as far ahead as is covered so far (up to RUN_AHEAD): the first call waits for
-        # its own rows alone.
-        reach = min(len(self._creates), further + min(self.RUN_AHEAD, len(self._writes)))
-        ahead = (pid for pid in self._creates[self._next : reach] if pid not in self._writes)
-        run = list(dict.fromkeys([*missing, *ahead]))
+        """One transaction: the rows asked for, the uncovered creates the plan puts before them,
+        and as many after them as are covered so far (up to RUN_AHEAD)."""
+        run = list(missing)
+        wanted = set(missing)
+        ahead = min(self.RUN_AHEAD, len(self._writes))
+        changes = self._changes
+        while self._next < len(changes) and (wanted or ahead > 0):
+            change = changes[self._next]
+            self._next += 1
+            pid = change.person_id
+            if change.action is not Action.CREATE or pid in self._writes:
+                continue
+            if pid in wanted:
+                wanted.discard(pid)
+                continue
+            run.append(pid)
+            if not wanted:
+                ahead -= 1
         write = asyncio.ensure_future(self._store.mark_pending(self._target, run))
+        self._runs.append(write)
         for pid in run:
             self._writes[pid] = write
-        while self._next < len(self._creates) and self._creates[self._next] in self._writes:
-            self._next += 1
         return write
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import orjson
@@ -14,6 +14,7 @@ from aiohttp import web
 
 from reconciler import executor
 from reconciler.core import planning
+from reconciler.core.changes import Action, Change, Reason
 from reconciler.simulators.base import Simulator, serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.simulators.sophon_fog import SophonFogSimulator
@@ -96,3 +97,71 @@ async def test_a_create_per_call_is_owned_before_it_is_sent(tmp_path: Path) -> N
     watch = await _first_sync(tmp_path, "sophon_fog", WatchedFog)
     assert sorted(watch.arrived) == [f"{n:04d}" for n in range(PERSONS)]
     assert watch.unowned == []
+
+
+class _Runs(SqliteStore):
+    """The real store, noting each write-ahead run it is asked for."""
+
+    runs: list[list[str]]
+
+    async def mark_pending(self, target: str, person_ids: Iterable[str]) -> None:
+        run = list(person_ids)
+        self.runs.append(run)
+        await super().mark_pending(target, run)
+
+
+def _change(pid: str, action: Action) -> Change:
+    return Change(action=action, person_id=pid, reason=Reason.INTENT, fingerprint="f")
+
+
+async def _runs(
+    tmp_path: Path, batches: list[list[Change]], changes: list[Change]
+) -> tuple[_Runs, list[int]]:
+    """The runs written for these batches, asked for in this order, and how many of each
+    batch's creates had no row written or being written when it asked."""
+    store = await _Runs.open(tmp_path / "store.sqlite3")
+    store.runs = []
+    unwritten = []
+    try:
+        ahead = executor._WriteAhead(store, "door", changes)
+        for batch in batches:
+            creates = [c.person_id for c in batch if c.action is Action.CREATE]
+            unwritten.append(sum(1 for pid in creates if pid not in ahead._writes))
+            await ahead.before(batch)
+        await ahead.settled()
+        assert set(await store.ledger("door")) >= {
+            c.person_id for batch in batches for c in batch if c.action is Action.CREATE
+        }
+    finally:
+        await store.aclose()
+    return store, unwritten
+
+
+async def test_write_ahead_runs_cover_each_create_once_ahead_of_the_calls(
+    tmp_path: Path,
+) -> None:
+    # Every fifth change is an update: it has a ledger row already and needs none.
+    changes = [
+        _change(f"{n:04d}", Action.UPDATE if n % 5 == 0 else Action.CREATE) for n in range(3000)
+    ]
+    creates = [c.person_id for c in changes if c.action is Action.CREATE]
+    batches = [changes[i : i + 100] for i in range(0, len(changes), 100)]
+    store, unwritten = await _runs(tmp_path, batches, changes)
+    # The first call waits for its own 80 creates alone; every later one finds its rows
+    # written or being written, by runs that reach further each time, up to RUN_AHEAD.
+    assert unwritten == [80] + [0] * (len(batches) - 1)
+    assert store.runs[0] == creates[:80]
+    assert [len(run) for run in store.runs[:4]] == [80, 80, 160, 320]
+    assert max(len(run) for run in store.runs) == executor._WriteAhead.RUN_AHEAD
+    assert [pid for run in store.runs for pid in run] == creates  # plan order, each once
+
+
+async def test_a_batch_sent_out_of_order_is_owned_with_everything_planned_before_it(
+    tmp_path: Path,
+) -> None:
+    changes = [_change(f"{n:04d}", Action.CREATE) for n in range(500)]
+    last, first = changes[400:], changes[:100]
+    store, unwritten = await _runs(tmp_path, [last, first], changes)
+    assert unwritten == [100, 0]
+    # The last batch first: its rows and every create before it, in one run; then nothing.
+    assert store.runs == [[c.person_id for c in last] + [c.person_id for c in changes[:400]]]

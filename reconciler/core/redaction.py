@@ -115,8 +115,12 @@ class Redactor:
         for needle in self._needles:
             if needle in text:
                 return True
-        # Keys are compared lower-cased, as the walk does (str.lower: "\u212a" is "k").
-        lowered = text.lower() if text.isascii() else text.decode().lower().encode()
+        # Keys are compared lower-cased, as the walk does. Of all non-ASCII characters only the
+        # Kelvin sign lowers to ASCII alone ("k"), so the bytes lowered, it replaced, find what
+        # str.lower would, at a quarter of the cost of decoding the text.
+        lowered = text.lower()
+        if not text.isascii():
+            lowered = lowered.replace(_KELVIN, b"k")
         for key in _KEY_NEEDLES:
             at = lowered.find(key)
             while at >= 0:
@@ -154,6 +158,7 @@ def _replaced(name: Any, item: Any) -> bool:
 #: rule leaves alone there: null, true, false, an object.
 _KEY_NEEDLES = tuple(f'"{key}":'.encode() for key in sorted(SECRET_KEYS))
 _LEFT_ALONE = frozenset(b"ntf{")
+_KELVIN = "\u212a".encode()
 #: Dataclasses go to `default` too (their repr): the walk does not see into them, so the text
 #: must not show their fields as an object the key rule would pass.
 _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS

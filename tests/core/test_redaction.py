@@ -74,7 +74,7 @@ def test_the_fingerprint_key_never_shows_in_a_repr() -> None:
 
 
 _KEYS = st.sampled_from(
-    ["name", "note", "password", "Pin", "id_number", "token", "to\u212aen", "x"]
+    ["name", "note", "password", "Pin", "P\u0130N", "id_number", "token", "to\u212aen", "x"]
 )
 _SECRET_TEXT = st.sampled_from(["s3cret-lobby-pw", 'quo"te-secret', "plain"])
 _SCALARS = (

@@ -95,3 +95,9 @@ def test_the_harness_runs_end_to_end_and_prints_one_table(
     )
     for row in rows:
         assert any(row in line for line in lines), row
+
+
+def test_the_table_says_what_whole_rounds_of_calls_allow() -> None:
+    # 10 calls, 4 at a time, take 3 latencies: at most 10 / 12 of concurrency / latency.
+    assert run._rounds(10, 4) == " (whole rounds of 4 allow at most 83%)"
+    assert run._rounds(1000, 4) == ""

@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import math
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
-from benchmarks import data, run
+from benchmarks import data, run, simhost
 from reconciler.core.records import Hasher
+from reconciler.simulators.base import serve
+from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.sources import yamlfile
 
 SIZE = 200
@@ -101,3 +106,34 @@ def test_the_table_says_what_whole_rounds_of_calls_allow() -> None:
     # 10 calls, 4 at a time, take 3 latencies: at most 10 / 12 of concurrency / latency.
     assert run._rounds(10, 4) == " (whole rounds of 4 allow at most 83%)"
     assert run._rounds(1000, 4) == ""
+
+
+def test_the_simulator_host_never_answers_before_the_latency_it_was_given() -> None:
+    # Its loop waits to the microsecond; a device must still never answer early.
+    async def exercise() -> list[float]:
+        simulator = NebulaPassSimulator()
+        simulator.faults.latency = 0.0123
+        async with await serve(simulator) as served, aiohttp.ClientSession() as session:
+            for _ in range(5):
+                async with session.get(served.url + "/v1/user/offset/0/limit/10") as response:
+                    assert response.status == 401  # no token: answered, late all the same
+        return [entry.done - entry.at for entry in simulator.log.entries]
+
+    with asyncio.Runner(loop_factory=simhost.precise_loop) as runner:
+        spans = runner.run(exercise())
+    assert len(spans) == 5
+    assert all(span >= 0.0123 for span in spans), spans
+
+
+def test_the_simulator_host_pauses_its_collector_while_a_device_answers_late() -> None:
+    host = simhost._Host()
+    host.simulators += [NebulaPassSimulator(), NebulaPassSimulator()]
+    try:
+        host.latency([0], 0.02)
+        assert not gc.isenabled()
+        host.latency([1], 0.0)  # the other device still answers late
+        assert not gc.isenabled()
+        host.latency(None, 0.0)
+        assert gc.isenabled()
+    finally:
+        gc.enable()

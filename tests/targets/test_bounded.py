@@ -104,7 +104,7 @@ async def test_items_are_prepared_ahead_and_a_free_slot_takes_a_prepared_one() -
 
     results = pipelined(range(8), prepare, send, 2)
     pending = asyncio.ensure_future(anext(results))
-    for _ in range(5):
+    for _ in range(20):
         await asyncio.sleep(0)
     assert sent == [0, 1]  # never more than the limit in flight
     assert prepared == [0, 1, 2, 3]  # two in flight, two prepared and waiting
@@ -176,3 +176,41 @@ async def test_a_stop_while_only_prepares_are_running_ends_the_run() -> None:
     stop.set()
     done = [n async for n in pipelined(range(4), prepare, send, 2, stop=stop)]
     assert done == sent == []
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4])
+async def test_a_started_send_writes_its_request_before_any_prepare_or_caller_work(
+    limit: int,
+) -> None:
+    """As aiohttp does on Python 3.11, each send writes its request from a task of its own,
+    queued as the send starts: no prepare or work of the caller's may run in between."""
+    events: list[str] = []
+
+    async def prepare(n: int) -> int:
+        events.append(f"prepare {n}")
+        return n
+
+    async def send(n: int) -> int:
+        events.append(f"send {n}")
+        written = asyncio.Event()
+
+        async def write() -> None:
+            events.append(f"write {n}")
+            written.set()
+
+        writer = asyncio.ensure_future(write())
+        await asyncio.wait_for(written.wait(), DEADLINE)
+        await writer
+        for _ in range(n % 3):  # answers come back in an order of their own
+            await asyncio.sleep(0)
+        return n
+
+    async for n in pipelined(range(12), prepare, send, limit):
+        events.append(f"record {n}")  # the caller's work on a result, in one step
+
+    assert sorted(e for e in events if e.startswith("write")) == sorted(
+        f"write {n}" for n in range(12)
+    )
+    for n in range(12):
+        between = events[events.index(f"send {n}") + 1 : events.index(f"write {n}")]
+        assert not [e for e in between if not e.startswith(("send", "write"))], (n, between)

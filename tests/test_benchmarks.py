@@ -75,6 +75,9 @@ def test_the_harness_runs_end_to_end_and_prints_one_table(
     # planner found the same changes as ours.
     assert measured["naive_writes"] == math.ceil(SIZE / 100)
     assert measured["apply_bare_calls"] == math.ceil(SIZE / 100)  # the bare client's ceiling
+    # Throughput is the median of three first syncs, each into a device of its own.
+    assert len(measured["apply_rates"]) == len(measured["apply_bare_rates"]) == 3
+    assert measured["apply_rate"] == sorted(measured["apply_rates"])[1]
     assert measured["deepdiff_changes"] == changed
     for kind, calls in found["kinds"][str(SIZE)].items():
         for phase, entry in calls.items():
@@ -100,6 +103,11 @@ def test_the_harness_runs_end_to_end_and_prints_one_table(
     )
     for row in rows:
         assert any(row in line for line in lines), row
+
+
+def test_the_table_names_the_samples_a_median_was_taken_from() -> None:
+    assert run._median_of([170.0, 182.0, 176.0]) == " (median of 3: 85%, 88%, 91%)"
+    assert run._median_of([176.0]) == ""
 
 
 def test_the_table_says_what_whole_rounds_of_calls_allow() -> None:

@@ -336,7 +336,7 @@ async def pipelined(
             start()
 
     def prepare_next() -> None:
-        # Queued after the sends just started, so a prepare never holds one back.
+        # Queued after the sends just started; prepare_after_writes lets their writes go first.
         nonlocal drained
         while not halted and not drained and len(preparing) < limit:
             try:
@@ -364,8 +364,8 @@ async def pipelined(
         # A send that raised has halted the run already (sent()).
         pending.discard(task)
         ready.append(task)
-        # The next request first, then the caller: its first steps are queued ahead of the
-        # caller's wake-up, so recording a result never holds back a send.
+        # The next send is started before the caller wakes; the caller then waits out its
+        # write (after_writes), so recording a result never holds back a send.
         start()
         arrived.set()
 

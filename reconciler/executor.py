@@ -29,7 +29,7 @@ from reconciler.core.changes import (
     TargetPlan,
     change_document,
     department_document,
-    having,
+    split,
 )
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import TargetError
@@ -123,7 +123,7 @@ async def apply(
     if plan.changes:
         report.attempts = await store.attempts(plan.target)
 
-    upserts, deletes = having(plan.changes, UPSERTS), having(plan.changes, {Action.DELETE})
+    upserts, deletes = split(plan.changes, UPSERTS, {Action.DELETE}, present=plan.actions)
     # Departments exist before the persons placed in them, and go after the persons leave.
     await _apply_departments(
         [d for d in plan.departments if d.action is not Action.DELETE], target, store, report, stop

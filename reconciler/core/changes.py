@@ -164,17 +164,35 @@ class TargetPlan:
     #: Quarantined: this pass neither reads nor writes the target.
     quarantined: bool = False
 
+    #: Changes by action and the drift, counted once: a pass asks for them when it logs the
+    #: plan, when it applies it and when it records it (4 ms a count at 100 000 changes).
+    _tally: tuple[Mapping[Action, int], int] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def actions(self) -> Mapping[Action, int]:
+        """Changes by action, only the actions present."""
+        return self._counted()[0]
+
     @property
     def planned(self) -> dict[str, int]:
         """Changes by action, only the actions present (create, update, replace, delete)."""
-        # Counted in C: a first sync's 100 000 changes are counted before the first call.
-        counts = Counter(map(attrgetter("action"), self.changes))
-        return {action.value: count for action, count in counts.items()}
+        return {action.value: count for action, count in self.actions.items()}
 
     @property
     def drift(self) -> int:
         """Changes found because the target changed, not the desired state."""
-        return countOf(map(attrgetter("reason"), self.changes), Reason.DRIFT)
+        return self._counted()[1]
+
+    def _counted(self) -> tuple[Mapping[Action, int], int]:
+        if self._tally is None:
+            # Counted in C: a first sync's 100 000 changes are counted before the first call.
+            counts = Counter(map(attrgetter("action"), self.changes))
+            drift = countOf(map(attrgetter("reason"), self.changes), Reason.DRIFT)
+            object.__setattr__(self, "_tally", (counts, drift))
+        assert self._tally is not None
+        return self._tally
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,18 +266,27 @@ def fingerprint(desired_digest: str, targets: Iterable[TargetPlan], hasher: Hash
 UPSERTS = frozenset({Action.CREATE, Action.UPDATE, Action.REPLACE})
 
 
-def having(changes: Sequence[Change], actions: Collection[Action]) -> list[Change]:
-    """The changes whose action is one of `actions`, in their order.
+def split(
+    changes: Sequence[Change],
+    *groups: Collection[Action],
+    present: Collection[Action] | None = None,
+) -> list[list[Change]]:
+    """For each group of actions, the changes whose action is in it, in their order.
 
-    Every apply splits its changes by action before the first call; at 100 000 changes of one
-    action that is a pass in C and a copy, not a Python loop.
+    Every apply splits its changes by action before the first call. At 100 000 changes of one
+    action (a first sync) that is one pass in C for all the groups and a copy each, not a Python
+    loop; `present`, the actions known to be there (TargetPlan.actions), spares even the pass.
     """
-    present = set(map(attrgetter("action"), changes))
-    if present.issubset(actions):
-        return list(changes)
-    if present.isdisjoint(actions):
-        return []
-    return [c for c in changes if c.action in actions]
+    found = frozenset(map(attrgetter("action"), changes) if present is None else present)
+    split_up: list[list[Change]] = []
+    for group in groups:
+        if found.issubset(group):
+            split_up.append(list(changes))
+        elif found.isdisjoint(group):
+            split_up.append([])
+        else:
+            split_up.append([c for c in changes if c.action in group])
+    return split_up
 
 
 def field_document(change: FieldChange) -> dict[str, Any]:

@@ -170,9 +170,11 @@ class Target(Protocol):
     ) -> AsyncIterator[list[Outcome]]:
         """Send the changes; yield the outcomes of each batch as soon as it is confirmed.
 
-        Once `stop` is set, no new batch starts; batches in flight finish and are yielded.
-        `before(batch)` is awaited before the first call carrying those changes is sent (the
-        executor's write-ahead), ideally while earlier calls are in flight.
+        The changes come in the plan's order (upserts by person id, then deletes), which the
+        calls keep: a kind need not sort them again. Once `stop` is set, no new batch starts;
+        batches in flight finish and are yielded. `before(batch)` is awaited before the first
+        call carrying those changes is sent (the executor's write-ahead), ideally while earlier
+        calls are in flight.
         """
         ...
 

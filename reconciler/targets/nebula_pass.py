@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from pydantic import Field, SecretStr
 
-from reconciler.core.changes import Action, Change, having
+from reconciler.core.changes import Action, Change, split
 from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Compact, Invalid, KindSpec, Record, shared
@@ -398,9 +398,9 @@ class NebulaPass(HttpTarget[Settings]):
         stop: asyncio.Event | None = None,
         before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
-        replaces = having(changes, {Action.REPLACE})
-        upserts = having(changes, {Action.CREATE, Action.UPDATE})
-        deletes = having(changes, {Action.DELETE})
+        replaces, upserts, deletes = split(
+            changes, {Action.REPLACE}, {Action.CREATE, Action.UPDATE}, {Action.DELETE}
+        )
 
         # A replace deletes first (type is immutable), then upserts with everything else.
         if replaces:
@@ -410,6 +410,7 @@ class NebulaPass(HttpTarget[Settings]):
                 if failed:
                     yield failed
                 upserts.extend(c for c in replaces if c.person_id in cleared)
+            upserts.sort(key=attrgetter("person_id"))  # the plan's order, replaces among them
         batches = self._upsert_batches(upserts)
 
         async def prepare(batch: list[Change]) -> _Upsert:
@@ -429,7 +430,7 @@ class NebulaPass(HttpTarget[Settings]):
         sent: the first call need not wait for the last batch."""
         current: list[Change] = []
         size = 0
-        for change in sorted(changes, key=attrgetter("person_id")):
+        for change in changes:
             photo = change.person.photo if change.person is not None else None
             weight = photo.size * 4 // 3 + 1024 if photo and self._sends_avatar(change) else 1024
             if current and (

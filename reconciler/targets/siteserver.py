@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeGuard
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from reconciler.core.changes import UPSERTS, Action, Change, having
+from reconciler.core.changes import UPSERTS, Action, Change, split
 from reconciler.core.persons import Person, Photo
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
@@ -235,7 +235,7 @@ class SiteServer(HttpTarget[Settings]):
         before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         self._refused = None
-        upserts, deletes = having(changes, UPSERTS), having(changes, {Action.DELETE})
+        upserts, deletes = split(changes, UPSERTS, {Action.DELETE})
         limit = self._settings.concurrency
         each = announcing_each(before)
         for phase in (upserts, deletes):

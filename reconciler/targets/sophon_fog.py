@@ -37,14 +37,13 @@ import base64
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 
-from reconciler.core.changes import UPSERTS, Action, Change, having
+from reconciler.core.changes import UPSERTS, Action, Change, split
 from reconciler.core.persons import Person, PersonType
 from reconciler.core.planning import Observed, ObservedPerson
 from reconciler.core.records import Invalid, KindSpec, Record
@@ -263,8 +262,7 @@ class SophonFog(HttpTarget[Settings]):
         stop: asyncio.Event | None = None,
         before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
-        upserts = sorted(having(changes, UPSERTS), key=attrgetter("person_id"))
-        deletes = having(changes, {Action.DELETE})
+        upserts, deletes = split(changes, UPSERTS, {Action.DELETE})
         limit = self._settings.concurrency
         # No batch create exists: each person is one confirmed call, recorded as it lands.
         each, batched = announcing_each(before), announcing(before)

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from reconciler.core.changes import UPSERTS, Action, Change, DepartmentChange, having
+from reconciler.core.changes import UPSERTS, Action, Change, DepartmentChange, split
 from reconciler.core.persons import Person, PersonType, Photo
 from reconciler.core.planning import Observed
 from reconciler.core.records import Invalid, KindSpec, Record
@@ -217,7 +217,7 @@ class SophonSight(HttpTarget[Settings]):
         stop: asyncio.Event | None = None,
         before: Before | None = None,
     ) -> AsyncIterator[list[Outcome]]:
-        upserts, deletes = having(changes, UPSERTS), having(changes, {Action.DELETE})
+        upserts, deletes = split(changes, UPSERTS, {Action.DELETE})
         limit = self._settings.concurrency
         # One addOrEdit per person is all the API offers; each is confirmed on its own.
         each, batched = announcing_each(before), announcing(before)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from reconciler.core import planning
-from reconciler.core.changes import UPSERTS, Action, Change, Reason, having
+from reconciler.core.changes import UPSERTS, Action, Change, Reason, TargetPlan, split
 from reconciler.core.persons import Desired, Person, PersonType, Photo
 from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson, Prune, Select
 from tests.core.kinds import HASHER, KIND, SPEC, apply_in_memory, projection, render
@@ -270,16 +270,47 @@ def test_a_target_already_holding_the_desired_record_only_refreshes_the_ledger()
     assert refresh.fingerprint != ledger["1"].fingerprint
 
 
-def test_changes_having_an_action_keep_their_order() -> None:
+def test_changes_split_by_action_keep_their_order() -> None:
     def one(pid: str, action: Action) -> Change:
         return Change(action=action, person_id=pid, reason=Reason.INTENT, fingerprint="f")
 
     mixed = [one("1", Action.CREATE), one("2", Action.DELETE), one("3", Action.UPDATE)]
-    assert [c.person_id for c in having(mixed, UPSERTS)] == ["1", "3"]
-    assert [c.person_id for c in having(mixed, {Action.DELETE})] == ["2"]
-    assert having(mixed, {Action.REPLACE}) == []
+    upserts, deletes, replaces = split(mixed, UPSERTS, {Action.DELETE}, {Action.REPLACE})
+    assert [c.person_id for c in upserts] == ["1", "3"]
+    assert [c.person_id for c in deletes] == ["2"]
+    assert replaces == []
     creates = [one(str(n), Action.CREATE) for n in range(5)]
-    alike = having(creates, UPSERTS)
+    (alike,) = split(creates, UPSERTS)
     assert alike == creates
     alike.append(one("9", Action.CREATE))  # a list of its own, never the caller's
     assert len(creates) == 5
+    # The actions known to be present decide without looking: a plan counted them already.
+    assert split(mixed, UPSERTS, {Action.DELETE}, present={Action.CREATE, Action.UPDATE}) == [
+        mixed,
+        [],
+    ]
+
+
+def test_a_target_plan_counts_its_changes_once_for_each_plan() -> None:
+    def one(pid: str, action: Action, reason: Reason = Reason.INTENT) -> Change:
+        return Change(action=action, person_id=pid, reason=reason, fingerprint="f")
+
+    plan = TargetPlan(
+        target="t",
+        kind="k",
+        changes=(
+            one("1", Action.CREATE),
+            one("2", Action.UPDATE, Reason.DRIFT),
+            one("3", Action.UPDATE),
+            one("4", Action.DELETE, Reason.REMOVED),
+        ),
+    )
+    assert plan.planned == {"create": 1, "update": 2, "delete": 1}
+    assert plan.actions == {Action.CREATE: 1, Action.UPDATE: 2, Action.DELETE: 1}
+    assert plan.drift == 1
+    assert plan.actions is plan.actions  # counted once
+    # A plan made from another (a guard holding deletes back) counts its own changes.
+    kept = dataclasses.replace(plan, changes=plan.changes[:1])
+    assert kept.planned == {"create": 1}
+    assert kept.drift == 0
+    assert kept == dataclasses.replace(plan, changes=plan.changes[:1])  # the count is no part

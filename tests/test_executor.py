@@ -4,12 +4,15 @@ and logged, without holding the event loop for the whole batch."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from reconciler import executor
 from reconciler.core.changes import Action, Change, Reason
+from reconciler.errors import TemporaryTargetError
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets.base import Outcome
 
@@ -41,3 +44,70 @@ async def test_a_batch_s_change_lines_let_other_work_run_between_them(tmp_path: 
     assert report.applied == 100
     assert [e["person"] for e in captured] == [c.person_id for c in changes]
     assert any(0 < lines < 100 for lines in seen), "the batch's 100 lines were one step"
+
+
+def _outcomes(*pids: str) -> list[Outcome]:
+    return [
+        Outcome(
+            change=Change(action=Action.CREATE, person_id=p, reason=Reason.NEW, fingerprint="f"),
+            ok=True,
+        )
+        for p in pids
+    ]
+
+
+async def test_batches_confirmed_while_the_last_were_recorded_come_together() -> None:
+    async def confirmed() -> AsyncIterator[list[Outcome]]:
+        for n in range(4):
+            yield _outcomes(f"{n}a", f"{n}b")
+            await asyncio.sleep(0)
+
+    taken = []
+    async for outcomes in executor._together(confirmed()):
+        taken.append([o.change.person_id for o in outcomes])
+        await asyncio.sleep(0.05)  # a slow ledger write: the other batches come meanwhile
+    assert taken == [["0a", "0b"], ["1a", "1b", "2a", "2b", "3a", "3b"]]
+
+
+async def test_an_error_of_the_target_comes_after_the_batches_confirmed_before_it() -> None:
+    async def confirmed() -> AsyncIterator[list[Outcome]]:
+        yield _outcomes("1")
+        yield _outcomes("2")
+        raise TemporaryTargetError("door", "stopped answering")
+
+    taken: list[str] = []
+
+    async def record_all() -> None:
+        async for outcomes in executor._together(confirmed()):
+            taken.extend(o.change.person_id for o in outcomes)
+            await asyncio.sleep(0.01)
+
+    with pytest.raises(TemporaryTargetError, match="stopped answering"):
+        await record_all()
+    assert taken == ["1", "2"]
+
+
+async def test_confirmed_batches_waiting_for_the_ledger_are_bounded() -> None:
+    produced = 0
+    closed = asyncio.Event()
+
+    async def confirmed() -> AsyncIterator[list[Outcome]]:
+        nonlocal produced
+        try:
+            for n in range(1000):
+                produced += 1
+                yield _outcomes(str(n))
+        finally:
+            closed.set()
+
+    together = executor._together(confirmed())
+    try:
+        first = await anext(together)
+        await asyncio.sleep(0.05)  # the ledger write of these takes long
+        # The target is made to wait once WAITING batches wait: its back-pressure holds it.
+        assert len(first) <= executor.WAITING + 1
+        assert produced - len(first) <= executor.WAITING + 1
+    finally:
+        await together.aclose()
+    assert closed.is_set(), "the caller went away, but the target's batches were left open"
+    assert produced < 1000

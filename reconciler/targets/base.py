@@ -257,55 +257,27 @@ async def pipelined(
 
     Without `prepare` the items are sent as they are.
 
-    Sends go first. aiohttp on Python 3.11 writes a request from a task of its own, which the
-    send's first step queues; a prepare (0.4 ms for a batch) or the caller's work on a result
-    that ran in between held the request back. So neither starts while a send started less than
-    two loop turns ago: time enough for a send that writes its request at once, as one with a
-    connection at hand does.
+    Each of `limit` senders sends one item after another: the next item goes out in the same
+    step as the answer to the last comes in, not a turn of the event loop later, behind
+    whatever else is due (a task per send took that turn). And sends go first: aiohttp on
+    Python 3.11 writes a request from a task of its own, which the send's first step queues; a
+    prepare (0.4 ms for a batch) or the caller's work on a result that ran in between held the
+    request back. So neither starts while a send started less than two loop turns ago: time
+    enough for a send that writes its request at once, as one with a connection at hand does.
     """
     iterator = iter(items)
-    #: Prepared (or being prepared) items, in order; a send takes the first once it is done.
+    #: Prepared (or being prepared) items, in order; a sender takes the first once it is done.
     preparing: collections.deque[asyncio.Future[Any]] = collections.deque()
-    pending: set[asyncio.Future[Any]] = set()
+    #: Finished sends, in the order they finished: each a result, or the error to raise.
     ready: collections.deque[asyncio.Future[Any]] = collections.deque()
-    arrived = asyncio.Event()
+    changed = asyncio.Event()  # wakes the caller and waiting senders: they look again
     halted = False  # nothing new is sent: stopping, a failure, or the caller went away
     drained = False  # every item was taken from `items`
-    sending = 0  # sends not yet returned: what `limit` bounds
+    sending = 0  # sends not yet returned
     loop = asyncio.get_running_loop()
     writing = 0  # sends started less than two turns ago, whose requests may not be written yet
     written = asyncio.Event()
     written.set()
-
-    def start() -> None:
-        send_prepared()
-        prepare_next()
-        if prepare is None:
-            send_prepared()  # items sent as they are are ready at once
-
-    def send_prepared() -> None:
-        nonlocal halted, sending
-        while not halted and preparing and sending < limit:
-            if len(pending) + len(ready) >= 2 * limit:
-                break
-            if stop is not None and stop.is_set():
-                halted = True
-                arrived.set()  # the caller may be waiting on a prepare that no longer matters
-                break
-            head = preparing[0]
-            if not head.done():
-                break  # its done callback comes back here
-            preparing.popleft()
-            if head.cancelled() or head.exception() is not None:
-                halted = True
-                ready.append(head)  # the caller raises it
-                arrived.set()
-                break
-            sending += 1
-            task = asyncio.ensure_future(sent(head.result()))
-            pending.add(task)
-            task.add_done_callback(finished)
-            begun()
 
     def begun() -> None:
         nonlocal writing
@@ -324,34 +296,22 @@ async def pipelined(
         while writing:
             await written.wait()
 
-    async def sent(item: Any) -> Any:
-        # The next send is started here, as this one returns, rather than by the task's done
-        # callback: that would come a turn of the event loop later, behind whatever else is due.
-        nonlocal sending, halted
-        try:
-            return await send(item)
-        except BaseException:
-            halted = True
-            raise
-        finally:
-            sending -= 1
-            start()
-
     def prepare_next() -> None:
-        # Queued after the sends just started; prepare_after_writes lets their writes go first.
+        # Called as a send starts; prepare_after_writes lets its write go first.
         nonlocal drained
         while not halted and not drained and len(preparing) < limit:
             try:
                 item = next(iterator)
             except StopIteration:
                 drained = True
+                changed.set()  # a sender waiting for more may end now
                 break
             if prepare is None:
                 future: asyncio.Future[Any] = loop.create_future()
                 future.set_result(item)
             else:
                 future = asyncio.ensure_future(prepare_after_writes(item))
-                future.add_done_callback(prepared)
+                future.add_done_callback(lambda _: changed.set())
             preparing.append(future)
 
     async def prepare_after_writes(item: Any) -> Any:
@@ -359,37 +319,71 @@ async def pipelined(
         await after_writes()
         return await prepare(item)
 
-    def prepared(future: asyncio.Future[Any]) -> None:
-        start()
+    async def next_item() -> asyncio.Future[Any] | None:
+        """The prepared item to send next, once it is prepared and there is room for its
+        result; None when nothing more is to be sent."""
+        nonlocal halted
+        while True:
+            if halted:
+                return None
+            if stop is not None and stop.is_set():
+                halted = True
+                changed.set()  # the caller may be waiting on a prepare that no longer matters
+                return None
+            if not preparing:
+                return None  # drained: prepare_next keeps `limit` items ahead until then
+            # Finished results waiting for the caller hold new sends back, up to `limit`.
+            if preparing[0].done() and sending + len(ready) < 2 * limit:
+                return preparing.popleft()
+            changed.clear()
+            await changed.wait()
 
-    def finished(task: asyncio.Future[Any]) -> None:
-        # A send that raised has halted the run already (sent()).
-        pending.discard(task)
-        ready.append(task)
-        # The next send is started before the caller wakes; the caller then waits out its
-        # write (after_writes), so recording a result never holds back a send.
-        start()
-        arrived.set()
+    async def sender() -> None:
+        nonlocal halted, sending
+        while (head := await next_item()) is not None:
+            if head.cancelled() or head.exception() is not None:
+                halted = True
+                ready.append(head)  # the caller raises it
+                changed.set()
+                return
+            outcome: asyncio.Future[Any] = loop.create_future()
+            sending += 1
+            begun()
+            prepare_next()
+            try:
+                outcome.set_result(await send(head.result()))
+            except Exception as exc:
+                halted = True
+                outcome.set_exception(exc)
+            except BaseException:  # cancelled: the run is ending
+                halted = True
+                outcome.cancel()
+                raise
+            finally:
+                sending -= 1
+                ready.append(outcome)
+                changed.set()
 
+    prepare_next()
+    senders = [asyncio.ensure_future(sender()) for _ in range(limit)]
+    for task in senders:
+        task.add_done_callback(lambda _: changed.set())
     try:
-        start()
-        while pending or ready or (preparing and not halted):
-            if not ready:
-                arrived.clear()
-                await arrived.wait()
+        while True:
+            if ready:
+                # The caller's work on a result waits for the writes of the sends just started.
+                await after_writes()
+                outcome = ready.popleft()
+                changed.set()  # room for one more
+                yield outcome.result()
                 continue
-            await after_writes()
-            task = ready.popleft()
-            start()  # a result taken: room for one more
-            yield task.result()
+            if all(task.done() for task in senders):
+                break  # a send cancelled on its own left its outcome cancelled: raised above
+            changed.clear()
+            await changed.wait()
     finally:
         halted = True
-        unfinished = [*pending, *(f for f in preparing if not f.done())]
-        for task in pending:
-            task.remove_done_callback(finished)
-        for future in preparing:
-            future.remove_done_callback(prepared)
+        unfinished = [*senders, *(f for f in preparing if not f.done())]
         for future in unfinished:
             future.cancel()
-        if unfinished:
-            await asyncio.gather(*unfinished, return_exceptions=True)
+        await asyncio.gather(*unfinished, return_exceptions=True)

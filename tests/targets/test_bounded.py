@@ -37,6 +37,41 @@ async def test_the_next_piece_starts_while_the_caller_still_holds_a_result() -> 
     assert sorted([first, *rest]) == list(range(6))
 
 
+@pytest.mark.parametrize("prepared", [False, True])
+async def test_a_slot_sends_its_next_item_in_the_step_its_last_answer_came_in(
+    prepared: bool,
+) -> None:
+    """No turn of the event loop between an answer and the next send of that slot: in a turn,
+    whatever else is due runs first (recording results, preparing bodies)."""
+    turns = 0
+    began: dict[int, int] = {}
+    answered: dict[int, int] = {}
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def ready_at_once(n: int) -> int:
+        return n
+
+    async def send(n: int) -> int:
+        began[n] = turns
+        await asyncio.sleep(0.002)
+        answered[n] = turns
+        return n
+
+    counter = asyncio.create_task(count_turns())
+    try:
+        prepare = ready_at_once if prepared else None
+        done = [n async for n in pipelined(range(6), prepare, send, 1)]
+    finally:
+        counter.cancel()
+    assert done == list(range(6))
+    assert all(began[n + 1] == answered[n] for n in range(5)), (began, answered)
+
+
 async def test_finished_results_waiting_for_the_caller_hold_new_work_back() -> None:
     started: list[int] = []
 
@@ -64,7 +99,7 @@ async def test_once_stopped_nothing_new_starts_and_what_runs_is_yielded() -> Non
 
     done = [n async for n in bounded(range(10), work, 3, stop=stop)]
     assert sorted(done) == sorted(started)
-    assert len(started) == 3
+    assert started == [0, 1]  # the third slot had not started its first piece yet
 
 
 async def test_a_failing_piece_fails_the_whole_and_cancels_the_rest() -> None:
@@ -72,6 +107,7 @@ async def test_a_failing_piece_fails_the_whole_and_cancels_the_rest() -> None:
 
     async def work(n: int) -> int:
         if n == 0:
+            await asyncio.sleep(0.01)  # the others are in flight by then
             raise ValueError("boom")
         try:
             await asyncio.sleep(DEADLINE)

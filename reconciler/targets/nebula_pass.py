@@ -182,10 +182,11 @@ _UNCHANGED: Any = object()
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class _Upsert:
-    """One batch of upserts ready to send: its wire items, or why they could not be built."""
+    """One batch of upserts ready to send: its request body, or why it could not be built."""
 
     batch: list[Change]
-    items: list[dict[str, Any]] | None = None
+    #: Serialised as the batch was prepared: not while a slot waits for its next call.
+    body: bytes | None = None
     error: str | None = None
 
 
@@ -463,12 +464,12 @@ class NebulaPass(HttpTarget[Settings]):
             )
         except OSError as exc:
             return _Upsert(batch=batch, error=f"photo could not be read: {exc.strerror}")
-        return _Upsert(batch=batch, items=items)
+        return _Upsert(batch=batch, body=orjson.dumps({"user_list": items}))
 
     async def _send_upsert(self, upsert: _Upsert) -> list[Outcome]:
-        if upsert.items is None:
+        if upsert.body is None:
             return [Outcome(change=c, ok=False, error=upsert.error) for c in upsert.batch]
-        return await self._write("POST", "/v2/user", {"user_list": upsert.items}, upsert.batch)
+        return await self._write("POST", "/v2/user", upsert.body, upsert.batch)
 
     def _wire_items(self, batch: list[Change]) -> list[dict[str, Any]]:
         """The batch as the device wants it; photo bytes are read here, off the event loop."""
@@ -496,7 +497,7 @@ class NebulaPass(HttpTarget[Settings]):
         self, changes: Sequence[Change], stop: asyncio.Event | None, before: Before | None
     ) -> AsyncIterator[list[Outcome]]:
         async def one(batch: Sequence[Change]) -> list[Outcome]:
-            body = {"ids": [c.person_id for c in batch]}
+            body = orjson.dumps({"ids": [c.person_id for c in batch]})
             return await self._write("DELETE", "/v2/user", body, batch, missing_ok=True)
 
         batches = list(chunks(changes, PAGE_LIMIT))
@@ -508,14 +509,15 @@ class NebulaPass(HttpTarget[Settings]):
         self,
         method: str,
         path: str,
-        body: dict[str, Any],
+        body: bytes,
         batch: Sequence[Change],
         *,
         missing_ok: bool = False,
     ) -> list[Outcome]:
-        """One batch call; per-item `errors[]` fail just the persons they name."""
+        """One batch call (`body`: its JSON); per-item `errors[]` fail just the persons they
+        name."""
         try:
-            data = await self._call(method, path, json=body)
+            data = await self._call(method, path, body=body)
         except TargetError as exc:
             retryable = not isinstance(exc, PermanentTargetError)
             return [
@@ -565,17 +567,18 @@ class NebulaPass(HttpTarget[Settings]):
             persons[pid] = ObservedPerson(record=record)
 
     async def _call(
-        self, method: str, path: str, *, json: Any = None, missing_ok: bool = False
+        self, method: str, path: str, *, body: bytes | None = None, missing_ok: bool = False
     ) -> Any:
-        """One API call: authenticated, envelope checked, re-login once on 401."""
-        return (await self._exchange(method, path, json=json, missing_ok=missing_ok))[1]
+        """One API call (`body`: its JSON, serialised): authenticated, envelope checked,
+        re-login once on 401."""
+        return (await self._exchange(method, path, body=body, missing_ok=missing_ok))[1]
 
     async def _exchange(
         self,
         method: str,
         path: str,
         *,
-        json: Any = None,
+        body: bytes | None = None,
         missing_ok: bool = False,
         unchanged: Callable[[bytes], bool] | None = None,
     ) -> tuple[Response, Any]:
@@ -584,7 +587,7 @@ class NebulaPass(HttpTarget[Settings]):
         for attempt in range(2):
             token = await self._login()
             response = await self.client.request(
-                method, path, json=json, headers={"Authorization": f"Bearer {token}"}
+                method, path, data=body, headers={"Authorization": f"Bearer {token}"}
             )
             if response.status == 200 and unchanged is not None and unchanged(response.body):
                 return response, _UNCHANGED

@@ -191,6 +191,21 @@ class _Upsert:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    """What the device said to one batch call. It is read into outcomes by whoever takes it
+    from the call's slot, which sends its next call meanwhile."""
+
+    method: str
+    path: str
+    batch: Sequence[Change]
+    data: Any = None
+    #: Why the call failed as a whole: the target's error, or why it was never sent.
+    failure: TargetError | str | None = None
+    #: Persons already gone count as deleted (a delete's 404 per item).
+    missing_ok: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Info:
     """The last datasync/info answer decoded: its body's hash, its stamps, and their digest."""
 
@@ -419,8 +434,8 @@ class NebulaPass(HttpTarget[Settings]):
             return await self._prepare_upsert(batch)
 
         limit = self._settings.concurrency
-        async for outcomes in pipelined(batches, prepare, self._send_upsert, limit, stop=stop):
-            yield outcomes
+        async for answer in pipelined(batches, prepare, self._send_upsert, limit, stop=stop):
+            yield self._outcomes(answer)
         async for outcomes in self._delete(deletes, stop, before):
             yield outcomes
 
@@ -466,9 +481,9 @@ class NebulaPass(HttpTarget[Settings]):
             return _Upsert(batch=batch, error=f"photo could not be read: {exc.strerror}")
         return _Upsert(batch=batch, body=orjson.dumps({"user_list": items}))
 
-    async def _send_upsert(self, upsert: _Upsert) -> list[Outcome]:
+    async def _send_upsert(self, upsert: _Upsert) -> _Answer:
         if upsert.body is None:
-            return [Outcome(change=c, ok=False, error=upsert.error) for c in upsert.batch]
+            return _Answer("POST", "/v2/user", upsert.batch, failure=upsert.error)
         return await self._write("POST", "/v2/user", upsert.body, upsert.batch)
 
     def _wire_items(self, batch: list[Change]) -> list[dict[str, Any]]:
@@ -496,14 +511,14 @@ class NebulaPass(HttpTarget[Settings]):
     async def _delete(
         self, changes: Sequence[Change], stop: asyncio.Event | None, before: Before | None
     ) -> AsyncIterator[list[Outcome]]:
-        async def one(batch: Sequence[Change]) -> list[Outcome]:
+        async def one(batch: Sequence[Change]) -> _Answer:
             body = orjson.dumps({"ids": [c.person_id for c in batch]})
             return await self._write("DELETE", "/v2/user", body, batch, missing_ok=True)
 
         batches = list(chunks(changes, PAGE_LIMIT))
         limit = self._settings.concurrency
-        async for outcomes in pipelined(batches, announcing(before), one, limit, stop=stop):
-            yield outcomes
+        async for answer in pipelined(batches, announcing(before), one, limit, stop=stop):
+            yield self._outcomes(answer)
 
     async def _write(
         self,
@@ -513,21 +528,32 @@ class NebulaPass(HttpTarget[Settings]):
         batch: Sequence[Change],
         *,
         missing_ok: bool = False,
-    ) -> list[Outcome]:
-        """One batch call (`body`: its JSON); per-item `errors[]` fail just the persons they
-        name."""
+    ) -> _Answer:
+        """One batch call (`body`: its JSON)."""
         try:
             data = await self._call(method, path, body=body)
         except TargetError as exc:
-            retryable = not isinstance(exc, PermanentTargetError)
+            return _Answer(method, path, batch, failure=exc)
+        return _Answer(method, path, batch, data=data, missing_ok=missing_ok)
+
+    @staticmethod
+    def _outcomes(answer: _Answer) -> list[Outcome]:
+        """A batch call's outcomes; per-item `errors[]` fail just the persons they name."""
+        batch, failure = answer.batch, answer.failure
+        if isinstance(failure, TargetError):
+            retryable = not isinstance(failure, PermanentTargetError)
             return [
-                Outcome(change=c, ok=False, error=exc.message, retryable=retryable) for c in batch
+                Outcome(change=c, ok=False, error=failure.message, retryable=retryable)
+                for c in batch
             ]
+        if failure is not None:
+            return [Outcome(change=c, ok=False, error=failure) for c in batch]
+        data = answer.data
         errors = data.get("errors") if isinstance(data, dict) else None
         if errors is None:
             errors = []
         if not isinstance(errors, list):
-            message = f"malformed {method} {path} response: errors is not a list"
+            message = f"malformed {answer.method} {answer.path} response: errors is not a list"
             return [Outcome(change=c, ok=False, error=message) for c in batch]
         by_id: dict[str, str] = {}
         unattributed: list[str] = []
@@ -537,7 +563,7 @@ class NebulaPass(HttpTarget[Settings]):
             message = str(error.get("msg") or error) if isinstance(error, dict) else str(error)
             if user_id is None:
                 unattributed.append(message[:200])
-            elif not (missing_ok and code == 404):
+            elif not (answer.missing_ok and code == 404):
                 by_id[str(user_id)] = f"device refused it: {message[:200]}"
         outcomes = []
         for change in batch:

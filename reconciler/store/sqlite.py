@@ -166,11 +166,12 @@ class SqliteStore:
         rows = [(target, pid, now) for pid in person_ids]
         if rows:
             await self._transaction(
-                lambda db: db.executemany(
-                    "INSERT INTO ledger (target, person_id, applied_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (target, person_id) DO NOTHING",
+                lambda db: _insert(
+                    db,
+                    "INSERT INTO ledger (target, person_id, applied_at) VALUES",
                     rows,
-                ).close()
+                    "ON CONFLICT (target, person_id) DO NOTHING",
+                )
             )
 
     async def adopt(self, target: str, remote_ids: Mapping[str, str | None]) -> None:
@@ -183,11 +184,12 @@ class SqliteStore:
         rows = [(target, pid, remote_id, now) for pid, remote_id in remote_ids.items()]
         if rows:
             await self._transaction(
-                lambda db: db.executemany(
-                    "INSERT INTO ledger (target, person_id, remote_id, applied_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (target, person_id) DO NOTHING",
+                lambda db: _insert(
+                    db,
+                    "INSERT INTO ledger (target, person_id, remote_id, applied_at) VALUES",
                     rows,
-                ).close()
+                    "ON CONFLICT (target, person_id) DO NOTHING",
+                )
             )
 
     async def record(
@@ -197,19 +199,19 @@ class SqliteStore:
         if not applied and not deleted:
             return
         upserts = [base.ledger_row(target, e) for e in applied]
-        removals = [(target, pid) for pid in deleted]
 
         def write(db: sqlite3.Connection) -> None:
-            db.executemany(
+            _insert(
+                db,
                 "INSERT INTO ledger (target, person_id, remote_id, fingerprint, written, refs, "
-                "applied_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "applied_at) VALUES",
+                upserts,
                 "ON CONFLICT (target, person_id) DO UPDATE SET "
                 "remote_id = COALESCE(excluded.remote_id, ledger.remote_id), "
                 "fingerprint = excluded.fingerprint, written = excluded.written, "
                 "refs = excluded.refs, applied_at = excluded.applied_at",
-                upserts,
             )
-            db.executemany("DELETE FROM ledger WHERE target = ? AND person_id = ?", removals)
+            _delete(db, "ledger", "person_id", target, deleted)
 
         await self._transaction(write)
 
@@ -240,19 +242,17 @@ class SqliteStore:
         upserts = [
             (target, e.department_id, e.parent, e.fingerprint, e.applied_at) for e in applied
         ]
-        removals = [(target, did) for did in deleted]
 
         def write(db: sqlite3.Connection) -> None:
-            db.executemany(
+            _insert(
+                db,
                 "INSERT INTO department_ledger (target, department_id, parent, fingerprint, "
-                "applied_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, department_id) "
-                "DO UPDATE SET parent = excluded.parent, fingerprint = excluded.fingerprint, "
-                "applied_at = excluded.applied_at",
+                "applied_at) VALUES",
                 upserts,
+                "ON CONFLICT (target, department_id) DO UPDATE SET parent = excluded.parent, "
+                "fingerprint = excluded.fingerprint, applied_at = excluded.applied_at",
             )
-            db.executemany(
-                "DELETE FROM department_ledger WHERE target = ? AND department_id = ?", removals
-            )
+            _delete(db, "department_ledger", "department_id", target, deleted)
 
         await self._transaction(write)
 
@@ -282,17 +282,18 @@ class SqliteStore:
             (target, a.person_id, a.fingerprint, a.failures, a.next_try, logs.redact(a.error))
             for a in failed
         ]
-        cleared = [(target, pid) for pid in succeeded]
 
         def write(db: sqlite3.Connection) -> None:
-            db.executemany(
+            _insert(
+                db,
                 "INSERT INTO attempts (target, person_id, fingerprint, failures, next_try, error) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, person_id) DO UPDATE SET "
+                "VALUES",
+                rows,
+                "ON CONFLICT (target, person_id) DO UPDATE SET "
                 "fingerprint = excluded.fingerprint, failures = excluded.failures, "
                 "next_try = excluded.next_try, error = excluded.error",
-                rows,
             )
-            db.executemany("DELETE FROM attempts WHERE target = ? AND person_id = ?", cleared)
+            _delete(db, "attempts", "person_id", target, succeeded)
 
         await self._transaction(write)
 
@@ -575,6 +576,36 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if pending.strip(" \n;"):
         yield pending.strip()
+
+
+#: Rows one statement writes: SQLite's thread takes the GIL back after each step, and a row a
+#: step (executemany) made 100 ledger rows take 90 ms while the event loop was busy, against
+#: 11 ms as one statement. 100 rows of 7 columns stay under SQLite's oldest limit of 999
+#: parameters; a fixed size keeps the statement cache warm.
+ROWS_PER_STATEMENT = 100
+
+
+def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str) -> None:
+    """`head` ("INSERT INTO t (a, b) VALUES") with the rows as VALUES, then `tail` (ON
+    CONFLICT ...), ROWS_PER_STATEMENT rows to a statement."""
+    if not rows:
+        return
+    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        values = [value for row in chunk for value in row]
+        db.execute(f"{head} {', '.join([one] * len(chunk))} {tail}", values).close()
+
+
+def _delete(db: sqlite3.Connection, table: str, key: str, target: str, ids: Sequence[str]) -> None:
+    """The target's rows of `table` whose `key` is one of `ids`, ROWS_PER_STATEMENT at a time."""
+    for start in range(0, len(ids), ROWS_PER_STATEMENT):
+        chunk = ids[start : start + ROWS_PER_STATEMENT]
+        marks = ", ".join("?" * len(chunk))
+        db.execute(
+            f"DELETE FROM {table} WHERE target = ? AND {key} IN ({marks})",  # noqa: S608
+            [target, *chunk],
+        ).close()
 
 
 @contextlib.contextmanager

@@ -102,6 +102,34 @@ async def test_confirmed_deletes_remove_rows_and_targets_are_separate(store: Sto
     assert await store.ledger("kiosk") == {}
 
 
+async def test_writes_of_many_rows_take_every_row(store: Store) -> None:
+    """More rows than one statement writes (the SQLite store writes them 100 at a time)."""
+    pids = [f"{n:04d}" for n in range(250)]
+    await store.mark_pending("lobby", pids)
+    assert set(await store.ledger("lobby")) == set(pids)
+    await store.record("lobby", [entry(pid, remote_id=pid) for pid in pids[:201]], pids[201:])
+    ledger = await store.ledger("lobby")
+    assert set(ledger) == set(pids[:201])
+    assert all(e.remote_id == pid and not e.pending for pid, e in ledger.items())
+    await store.record("lobby", [], pids[:150])
+    assert set(await store.ledger("lobby")) == set(pids[150:201])
+    failed = [
+        Attempt(person_id=pid, fingerprint="f", failures=1, next_try=1.0, error="x") for pid in pids
+    ]
+    await store.record_attempts("lobby", failed)
+    await store.record_attempts("lobby", [], pids[:249])
+    assert set(await store.attempts("lobby")) == {pids[249]}
+    await store.adopt("kiosk", {pid: f"r{pid}" for pid in pids})
+    assert len(await store.ledger("kiosk")) == 250
+    departments = [
+        DepartmentEntry(department_id=pid, parent=None, fingerprint="f", applied_at=1.0)
+        for pid in pids
+    ]
+    await store.record_departments("lobby", departments)
+    await store.record_departments("lobby", [], pids[:120])
+    assert set(await store.departments("lobby")) == set(pids[120:])
+
+
 async def test_a_known_remote_id_is_kept_when_an_update_does_not_know_it(
     store: Store,
 ) -> None:

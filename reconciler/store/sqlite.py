@@ -1,8 +1,9 @@
 """The embedded store: one SQLite file in the state directory. File I/O on one worker thread.
 
-Every confirmed batch is one ledger transaction, so a crash leaves the ledger agreeing with the
-targets. Creates are written ahead as pending rows before they are sent, so a crash between send
-and confirmation leaves the person owned, not orphaned. Errors written here are redacted.
+Confirmed batches are written whole, in one ledger transaction, so a crash leaves the ledger
+agreeing with the targets. Creates are written ahead as pending rows before they are sent, so a
+crash between send and confirmation leaves the person owned, not orphaned. Errors written here
+are redacted.
 """
 
 from __future__ import annotations

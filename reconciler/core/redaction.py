@@ -11,6 +11,7 @@ process-wide instance lives in reconciler.logs.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -121,16 +122,7 @@ class Redactor:
         lowered = text.lower()
         if not text.isascii():
             lowered = lowered.replace(_KELVIN, b"k")
-        for key in _KEY_NEEDLES:
-            at = lowered.find(key)
-            while at >= 0:
-                # An unescaped `"key":` is that key (inside a string the quote is escaped).
-                # Its value is left alone only as null, a boolean or an object (a dict: other
-                # objects went to `default`).
-                if lowered[at + len(key)] not in _LEFT_ALONE:
-                    return True
-                at = lowered.find(key, at + len(key))
-        return False
+        return _SECRET_KEY_SHOWN.search(lowered) is not None
 
     def _walked(self, value: Any, default: Callable[[Any], Any]) -> bytes:
         shown = self.value(value)
@@ -154,10 +146,13 @@ def _replaced(name: Any, item: Any) -> bool:
     return name in SECRET_KEYS and item is not None and not isinstance(item, Mapping | bool)
 
 
-#: How a secret key reads in JSON text (lower-cased), and the first bytes of the values the key
-#: rule leaves alone there: null, true, false, an object.
-_KEY_NEEDLES = tuple(f'"{key}":'.encode() for key in sorted(SECRET_KEYS))
-_LEFT_ALONE = frozenset(b"ntf{")
+#: A secret key in JSON text (lower-cased) with a value the key rule replaces. An unescaped
+#: `"key":` is that key (inside a string the quote is escaped); its value is left alone only as
+#: null, true, false or an object (a dict: other objects went to `default`). One scan for all the
+#: keys: one `find` a key took 60 % longer over a run of change lines.
+_SECRET_KEY_SHOWN = re.compile(
+    b'"(?:' + b"|".join(re.escape(key.encode()) for key in sorted(SECRET_KEYS)) + b')":(?![ntf{])'
+)
 _KELVIN = "\u212a".encode()
 #: Dataclasses go to `default` too (their repr): the walk does not see into them, so the text
 #: must not show their fields as an object the key rule would pass.

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import cast
 
 import structlog
@@ -364,40 +366,50 @@ async def _record(
     name: str, outcomes: Sequence[Outcome], store: Store, report: TargetReport
 ) -> None:
     now = time.time()
-    applied = [
-        LedgerEntry(
-            person_id=o.change.person_id,
-            remote_id=o.remote_id or o.change.remote_id,
-            fingerprint=o.change.fingerprint,
-            written=o.change.written,
-            refs=o.refs if o.refs is not None else o.change.refs,
-            applied_at=now,
-        )
-        for o in outcomes
-        if o.ok and o.change.action is not Action.DELETE
-    ]
-    deleted = [o.change.person_id for o in outcomes if o.ok and o.change.action is Action.DELETE]
+    applied: list[LedgerEntry] = []
+    deleted: list[str] = []
+    done: list[Change] = []
+    failed: list[Outcome] = []
+    # One walk over the outcomes: this runs between the calls of a first sync, 100 000 times.
+    for outcome in outcomes:
+        change = outcome.change
+        if not outcome.ok:
+            failed.append(outcome)
+            continue
+        done.append(change)
+        if change.action is Action.DELETE:
+            deleted.append(change.person_id)
+        else:
+            applied.append(
+                LedgerEntry(
+                    person_id=change.person_id,
+                    remote_id=outcome.remote_id or change.remote_id,
+                    fingerprint=change.fingerprint,
+                    written=change.written,
+                    refs=outcome.refs if outcome.refs is not None else change.refs,
+                    applied_at=now,
+                )
+            )
     await store.record(name, applied, deleted)
     await _note_attempts(
         name,
         store,
         report,
-        [(o.change, o.error or "failed") for o in outcomes if not o.ok],
-        [o.change.person_id for o in outcomes if o.ok],
+        [(o.change, o.error or "failed") for o in failed],
+        [c.person_id for c in done],
     )
-    applied_changes = [o.change for o in outcomes if o.ok]
-    for change in applied_changes:
-        action = change.action.value
-        report.applied_by_action[action] = report.applied_by_action.get(action, 0) + 1
-    report.applied += len(applied_changes)
-    documents = map(change_document, applied_changes)
+    by_action = report.applied_by_action
+    for action, count in Counter(map(attrgetter("action"), done)).items():
+        by_action[action.value] = by_action.get(action.value, 0) + count
+    report.applied += len(done)
+    documents = map(change_document, done)
     while run := list(itertools.islice(documents, LINES_PER_STEP)):
         logs.lines("reconciler.executor", "change.applied", run, target=name)
         await asyncio.sleep(0)  # a response that arrived meanwhile goes first
-    for outcome in outcomes:
-        if not outcome.ok:
-            change = outcome.change
-            _failed(name, report, change, outcome.error or "failed", retryable=outcome.retryable)
+    for outcome in failed:
+        _failed(
+            name, report, outcome.change, outcome.error or "failed", retryable=outcome.retryable
+        )
 
 
 async def _note_attempts(

@@ -199,14 +199,14 @@ class SqliteStore:
         """Confirmed outcomes, in one transaction: applied records and confirmed deletes."""
         if not applied and not deleted:
             return
-        upserts = [base.ledger_row(target, e) for e in applied]
 
         def write(db: sqlite3.Connection) -> None:
+            # The rows are made here, in the store's thread: the event loop has calls to send.
             _insert(
                 db,
                 "INSERT INTO ledger (target, person_id, remote_id, fingerprint, written, refs, "
                 "applied_at) VALUES",
-                upserts,
+                [base.ledger_row(target, e) for e in applied],
                 "ON CONFLICT (target, person_id) DO UPDATE SET "
                 "remote_id = COALESCE(excluded.remote_id, ledger.remote_id), "
                 "fingerprint = excluded.fingerprint, written = excluded.written, "

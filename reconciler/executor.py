@@ -11,6 +11,7 @@ I/O through the target and the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import Counter
@@ -219,9 +220,13 @@ async def _apply_phase(
     report.attempted += len(changes)
     ahead = _WriteAhead(store, name, changes)
     try:
-        async for outcomes in _together(target.apply(changes, stop=stop, before=ahead.before)):
-            await _record(name, outcomes, store, report)
-            answered.update(o.change.person_id for o in outcomes)
+        # Closed on the way out, whatever ends the phase (a failing store, say): no call is
+        # sent for a phase that is over.
+        confirmed = _together(target.apply(changes, stop=stop, before=ahead.before))
+        async with contextlib.aclosing(confirmed):
+            async for outcomes in confirmed:
+                await _record(name, outcomes, store, report)
+                answered.update(o.change.person_id for o in outcomes)
     except TargetError as exc:
         # A target that fails mid-way fails what it did not confirm; the rest stays recorded.
         unanswered = [c for c in changes if c.person_id not in answered]

@@ -4,15 +4,15 @@ and logged, without holding the event loop for the whole batch."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from reconciler import executor
-from reconciler.core.changes import Action, Change, Reason
-from reconciler.errors import TemporaryTargetError
+from reconciler.core.changes import Action, Change, Reason, TargetPlan
+from reconciler.errors import StoreError, TemporaryTargetError
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets.base import Outcome
 
@@ -111,3 +111,42 @@ async def test_confirmed_batches_waiting_for_the_ledger_are_bounded() -> None:
         await together.aclose()
     assert closed.is_set(), "the caller went away, but the target's batches were left open"
     assert produced < 1000
+
+
+async def test_a_store_failing_mid_phase_ends_the_target_s_calls_at_once(tmp_path: Path) -> None:
+    """The phase is over when the ledger cannot record: the target's batches are closed before
+    the error leaves the executor, not when the collector gets to them."""
+    store = await SqliteStore.open(tmp_path / "store.sqlite3")
+    changes = tuple(
+        Change(action=Action.CREATE, person_id=f"{n:03d}", reason=Reason.NEW, fingerprint="f")
+        for n in range(50)
+    )
+    sent: list[str] = []
+    closed = asyncio.Event()
+
+    class Door:
+        async def apply(
+            self, planned: Sequence[Change], **_: object
+        ) -> AsyncIterator[list[Outcome]]:
+            try:
+                for change in planned:
+                    sent.append(change.person_id)
+                    yield [Outcome(change=change, ok=True)]
+                    await asyncio.sleep(0)
+            finally:
+                closed.set()
+
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise StoreError("disk full")
+
+    store.record = failing  # type: ignore[method-assign]
+    try:
+        plan = TargetPlan(target="door", kind="nebula_pass", changes=changes)
+        with pytest.raises(StoreError, match="disk full"):
+            await executor.apply(plan, Door(), store)  # type: ignore[arg-type]
+        assert closed.is_set()
+        calls = len(sent)
+        await asyncio.sleep(0.05)
+        assert len(sent) == calls < len(changes)
+    finally:
+        await store.aclose()

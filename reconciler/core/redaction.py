@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -146,12 +146,33 @@ def _replaced(name: Any, item: Any) -> bool:
     return name in SECRET_KEYS and item is not None and not isinstance(item, Mapping | bool)
 
 
+def _alternation(words: Collection[bytes]) -> bytes:
+    """A regular expression that matches exactly these words, their common prefixes taken out
+    once (`pass(?:wd|word)`): `re` tries the branches of an alternation one by one at every
+    place it may start, and over a run of change lines the flat form of the secret keys took
+    306 µs, this one 173."""
+    rests: dict[bytes, list[bytes]] = {}
+    ends = False
+    for word in sorted(set(words)):
+        if word:
+            rests.setdefault(word[:1], []).append(word[1:])
+        else:
+            ends = True
+    branches = [re.escape(first) + _alternation(rest) for first, rest in rests.items()]
+    if not branches:
+        return b"" if ends else b"(?!)"  # the empty word alone, or no word at all
+    body = branches[0] if len(branches) == 1 else b"(?:" + b"|".join(branches) + b")"
+    if not ends:
+        return body
+    return b"(?:" + body + b")?"
+
+
 #: A secret key in JSON text (lower-cased) with a value the key rule replaces. An unescaped
 #: `"key":` is that key (inside a string the quote is escaped); its value is left alone only as
 #: null, true, false or an object (a dict: other objects went to `default`). One scan for all the
-#: keys: one `find` a key took 60 % longer over a run of change lines.
+#: keys: a `find` a key took nearly three times as long over a run of change lines.
 _SECRET_KEY_SHOWN = re.compile(
-    b'"(?:' + b"|".join(re.escape(key.encode()) for key in sorted(SECRET_KEYS)) + b')":(?![ntf{])'
+    b'"' + _alternation([key.encode() for key in SECRET_KEYS]) + b'":(?![ntf{])'
 )
 _KELVIN = "\u212a".encode()
 #: Dataclasses go to `default` too (their repr): the walk does not see into them, so the text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 
 import orjson
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.core.records import Hasher
-from reconciler.core.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor
+from reconciler.core.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor, _alternation
 
 
 def test_secret_keys_are_hidden_whatever_their_value() -> None:
@@ -141,3 +142,16 @@ def test_a_log_line_walks_what_orjson_shows_by_repr() -> None:
 def test_a_log_line_survives_an_integer_json_cannot_hold_in_64_bits() -> None:
     line = Redactor(["s3cret-lobby-pw"]).json({"n": 2**70, "e": "s3cret-lobby-pw"}, repr)
     assert orjson.loads(line) == {"n": 2**70, "e": REDACTED}
+
+
+@given(
+    st.sets(st.binary(max_size=4).map(lambda b: bytes(c % 3 + 97 for c in b)), max_size=8),
+    st.lists(st.binary(max_size=5).map(lambda b: bytes(c % 4 + 96 for c in b)), max_size=20),
+)
+def test_the_factored_alternation_matches_exactly_its_words(
+    words: set[bytes], probes: list[bytes]
+) -> None:
+    """`"ab":` and `"abc":` alike: words that are prefixes of others, the empty word, none."""
+    pattern = re.compile(_alternation(words))
+    for word in [*words, *probes]:
+        assert (pattern.fullmatch(word) is not None) == (word in words), (words, word)

@@ -254,11 +254,11 @@ async def _together(
 ) -> AsyncGenerator[list[Outcome], None]:
     """The target's confirmed batches, those confirmed while the last were recorded together.
 
-    A ledger transaction costs about as much for one batch as for several: SQLite's thread waits
-    for the GIL at every step, and while the event loop was busy 100 rows took 5-8 ms. Four
-    calls in flight confirm a batch every 5 ms, so recorded one at a time they queued up until
-    the target's back-pressure held its calls back. They are read on by a task of their own, up
-    to WAITING batches; an error ends them once the batches before it are taken.
+    A ledger transaction costs about as much for one batch as for several (a turn of the store's
+    thread, a commit), and while the event loop was busy one batch's took 5-8 ms. Four calls in
+    flight confirm a batch every 5 ms, so recorded one at a time they queued up until the
+    target's back-pressure held its calls back. They are read on by a task of their own, up to
+    WAITING batches; an error ends them once the batches before it are taken.
     """
     queue: asyncio.Queue[list[Outcome] | _End] = asyncio.Queue(maxsize=WAITING)
 

@@ -317,11 +317,8 @@ def log_plan(plan: Plan, *, mode: Literal["apply", "dry-run"]) -> None:
                     target=target_plan.target,
                     **changes.department_document(department),
                 )
-            logs.lines(
-                "reconciler.cycle",
-                "change.planned",
-                map(changes.change_document, target_plan.changes),
-                target=target_plan.target,
+            logs.change_lines(
+                "reconciler.cycle", "change.planned", target_plan.changes, target=target_plan.target
             )
         if target_plan.held:
             log.warning(

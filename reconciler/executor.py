@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -407,9 +406,13 @@ async def _record(
     for action, count in Counter(map(attrgetter("action"), done)).items():
         by_action[action.value] = by_action.get(action.value, 0) + count
     report.applied += len(done)
-    documents = map(change_document, done)
-    while run := list(itertools.islice(documents, LINES_PER_STEP)):
-        logs.lines("reconciler.executor", "change.applied", run, target=name)
+    for start in range(0, len(done), LINES_PER_STEP):
+        logs.change_lines(
+            "reconciler.executor",
+            "change.applied",
+            done[start : start + LINES_PER_STEP],
+            target=name,
+        )
         await asyncio.sleep(0)  # a response that arrived meanwhile goes first
     for outcome in failed:
         _failed(

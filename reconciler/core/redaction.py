@@ -86,13 +86,20 @@ class Redactor:
         """`value` as JSON with secrets replaced; what orjson cannot encode goes to `default`."""
         return self.lines((value,), default)[:-1]
 
-    def lines(self, values: Sequence[Any], default: Callable[[Any], Any]) -> bytes:
+    def lines(
+        self, values: Sequence[Any], default: Callable[[Any], Any], *, objects: int | None = None
+    ) -> bytes:
         """Each value as `json` shows it, one per line (a newline after each).
 
         The hot path of every log line: the lines are serialized once, and the text of them all
         is searched once for what a rule may apply to (a secret key holding a value, a known
         secret); only then is each line walked for a copy. Many lines at once (a plan's
         change lines) share the search.
+
+        `objects`: values whose own keys the key rule never applies to (change documents, whose
+        every field shows as an object: core.changes.document_objects) open this many JSON
+        objects in all. A text that opens no more has no key inside a value, so only known
+        secrets are searched for: the key search was a third of a change line's cost.
         """
         by_default = False
         text = b""
@@ -107,15 +114,18 @@ class Redactor:
             text = b"".join([orjson.dumps(v, default=shown, option=_OPTIONS) for v in values])
         except TypeError:  # keys orjson refuses (not str): the walk keeps what it can show
             by_default = True
-        if not by_default and not self._may_apply(text):
+        keyed = objects is None or text.count(b"{") > objects
+        if not by_default and not self._may_apply(text, keyed):
             return text
         return b"".join([self._walked(v, default) for v in values])
 
-    def _may_apply(self, text: bytes) -> bool:
+    def _may_apply(self, text: bytes, key_rule: bool = True) -> bool:
         """Whether a rule may apply anywhere in this JSON text (never a false no)."""
         for needle in self._needles:
             if needle in text:
                 return True
+        if not key_rule:
+            return False
         # Keys are compared lower-cased, as the walk does. Of all non-ASCII characters only the
         # Kelvin sign lowers to ASCII alone ("k"), so the bytes lowered, it replaced, find what
         # str.lower would, at a quarter of the cost of decoding the text.

@@ -9,6 +9,14 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconciler.core.changes import (
+    Action,
+    Change,
+    FieldChange,
+    Reason,
+    change_document,
+    document_objects,
+)
 from reconciler.core.records import Hasher
 from reconciler.core.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor, _alternation
 
@@ -155,3 +163,41 @@ def test_the_factored_alternation_matches_exactly_its_words(
     pattern = re.compile(_alternation(words))
     for word in [*words, *probes]:
         assert (pattern.fullmatch(word) is not None) == (word in words), (words, word)
+
+
+_FIELD_CHANGES = st.builds(
+    FieldChange,
+    field=_KEYS | st.text(max_size=4),
+    old=_VALUES,
+    new=_VALUES,
+    sensitive=st.booleans(),
+    write_only=st.booleans(),
+)
+_CHANGES = st.builds(
+    Change,
+    action=st.sampled_from(Action),
+    person_id=st.text(max_size=4) | _SECRET_TEXT,
+    reason=st.sampled_from(Reason),
+    fields=st.lists(_FIELD_CHANGES, max_size=4).map(tuple),
+    resync=st.booleans(),
+)
+
+
+@given(
+    changes=st.lists(_CHANGES, max_size=5),
+    context=st.dictionaries(_KEYS, _SCALARS, max_size=2),
+)
+def test_change_lines_show_what_the_walk_shows(
+    changes: list[Change], context: dict[str, object]
+) -> None:
+    """Change documents skip the key search when their text opens no object but their own
+    (logs.change_lines): what they show is still what walking each would, whatever the field
+    names (secret keys, twice over) and values (objects holding secret keys, known secrets)."""
+    redactor = Redactor(["s3cret-lobby-pw", 'quo"te-secret'])
+    common = redactor.value(context)
+    documents = [change_document(change) for change in changes]
+    lines = [{**common, **document, "event": "change.applied"} for document in documents]
+    text = redactor.lines(lines, repr, objects=sum(map(document_objects, documents)))
+    assert [orjson.loads(line) for line in text.splitlines()] == [
+        orjson.loads(orjson.dumps(redactor.value(line), default=repr)) for line in lines
+    ]

@@ -225,7 +225,7 @@ async def _apply_phase(
         async with contextlib.aclosing(confirmed):
             async for outcomes in confirmed:
                 await _record(name, outcomes, store, report)
-                answered.update(o.change.person_id for o in outcomes)
+                answered.update(map(_person_of, outcomes))
     except TargetError as exc:
         # A target that fails mid-way fails what it did not confirm; the rest stays recorded.
         unanswered = [c for c in changes if c.person_id not in answered]
@@ -320,9 +320,10 @@ class _WriteAhead:
         self._asked = 0  # creates asked for so far
 
     async def before(self, batch: Sequence[Change]) -> None:
-        creates = [c.person_id for c in batch if c.action is Action.CREATE]
+        create = Action.CREATE
+        creates = [c.person_id for c in batch if c.action is create]
         self._asked += len(creates)
-        covering = {self._writes.get(pid) for pid in creates}
+        covering = set(map(self._writes.get, creates))
         if None in covering:
             covering.discard(None)
             covering.add(self._write([pid for pid in creates if pid not in self._writes]))
@@ -366,6 +367,9 @@ class _WriteAhead:
         return write
 
 
+_person_of = attrgetter("change.person_id")
+
+
 async def _record(
     name: str, outcomes: Sequence[Outcome], store: Store, report: TargetReport
 ) -> None:
@@ -374,6 +378,7 @@ async def _record(
     deleted: list[str] = []
     done: list[Change] = []
     failed: list[Outcome] = []
+    delete = Action.DELETE
     # One walk over the outcomes: this runs between the calls of a first sync, 100 000 times.
     for outcome in outcomes:
         change = outcome.change
@@ -381,7 +386,7 @@ async def _record(
             failed.append(outcome)
             continue
         done.append(change)
-        if change.action is Action.DELETE:
+        if change.action is delete:
             deleted.append(change.person_id)
         else:
             applied.append(

@@ -216,10 +216,17 @@ def ledger_row(target: str, entry: LedgerEntry) -> tuple[Any, ...]:
         entry.person_id,
         entry.remote_id,
         entry.fingerprint,
-        orjson.dumps(dict(entry.written), option=orjson.OPT_SORT_KEYS).decode(),
-        orjson.dumps(dict(entry.refs), option=orjson.OPT_SORT_KEYS).decode(),
+        _json_text(entry.written),
+        _json_text(entry.refs),
         entry.applied_at,
     )
+
+
+def _json_text(mapping: Mapping[str, str]) -> str:
+    # Mostly empty (a person without a photo, a kind without references): no encoder for it.
+    if not mapping:
+        return "{}"
+    return orjson.dumps(dict(mapping), option=orjson.OPT_SORT_KEYS).decode()
 
 
 # Rows as both backends select them (the columns in the order read here) into core values.

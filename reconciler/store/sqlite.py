@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import os
 import secrets
 import sqlite3
@@ -594,7 +595,7 @@ def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], 
     one = "(" + ", ".join("?" * len(rows[0])) + ")"
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        values = [value for row in chunk for value in row]
+        values = list(itertools.chain.from_iterable(chunk))
         db.execute(f"{head} {', '.join([one] * len(chunk))} {tail}", values).close()
 
 

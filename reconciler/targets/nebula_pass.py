@@ -555,6 +555,8 @@ class NebulaPass(HttpTarget[Settings]):
         if not isinstance(errors, list):
             message = f"malformed {answer.method} {answer.path} response: errors is not a list"
             return [Outcome(change=c, ok=False, error=message) for c in batch]
+        if not errors:  # the usual answer: every person taken
+            return [Outcome(change=c, ok=True) for c in batch]
         by_id: dict[str, str] = {}
         unattributed: list[str] = []
         for error in errors:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from reconciler import logs
 from reconciler.core.records import Hasher
+from reconciler.core.redaction import url_secrets
 from reconciler.errors import ConfigError, DesiredError, Problem, UsageError
 from reconciler.settings import Settings
 from reconciler.sources import sql, yamlfile
@@ -239,6 +240,8 @@ async def connect_store(settings: Settings) -> Store:
     if scheme == "sqlite":
         return await SqliteStore.open(store_path(settings), replica=settings.replica_id)
     if scheme in ("postgresql", "postgres"):
+        # Its password is hidden wherever it might turn up: a driver's error, a traceback.
+        logs.protect(url_secrets(settings.resolved_store_url))
         # Imported here: psycopg takes a tenth of a second to import, which the embedded
         # store (and every command) need not pay.
         from reconciler.store.postgres import PostgresStore

@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote, unquote_plus
 
 import orjson
 
@@ -148,6 +149,51 @@ class Redactor:
         if _replaced(name, item):
             return REDACTED
         return self.value(item)
+
+
+#: Query parameters of a connection URL that hold a password (libpq's names).
+URL_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def url_secrets(url: str) -> frozenset[str]:
+    """The secrets a connection URL holds (the store's, an HR database's): its password and
+    password parameters, as written and percent-decoded, for a Redactor."""
+    _, userinfo, _, query = _url_parts(url)
+    found = {userinfo.partition(":")[2]}
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote_plus(key) in URL_SECRET_PARAMETERS:
+            found.add(value)
+    found |= {unquote_plus(s) for s in found} | {unquote(s) for s in found}
+    return frozenset(s for s in found if s)
+
+
+def url_shown(url: str) -> str:
+    """A connection URL as messages show it: its password and password parameters masked
+    (`postgresql://hr:***@db/hr?password=***`), the rest as written."""
+    head, userinfo, rest, query = _url_parts(url)
+    if ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    shown = head + (f"{userinfo}@" if userinfo else "") + rest
+    if not query:
+        return shown
+    return f"{shown}?" + "&".join(
+        f"{key}=***" if unquote_plus(key) in URL_SECRET_PARAMETERS else pair
+        for pair in query.split("&")
+        for key in (pair.partition("=")[0],)
+    )
+
+
+def _url_parts(url: str) -> tuple[str, str, str, str]:
+    """scheme:// (or ""), the user info before the last "@" of the authority, the hosts and path
+    after it, and the query: split as written, so that what is shown is what was given. A
+    password with a raw "/" or "?" still counts as one (libpq would refuse the URL)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url, ""
+    rest, _, query = rest.partition("?")
+    userinfo, _, rest = rest.rpartition("@")
+    return scheme + sep, userinfo, rest, query
 
 
 def _replaced(name: Any, item: Any) -> bool:

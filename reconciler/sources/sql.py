@@ -24,13 +24,14 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from reconciler.core.persons import Desired, Origin, Person, Photo
 from reconciler.core.records import Hasher, desired_digest
+from reconciler.core.redaction import url_secrets, url_shown
 from reconciler.errors import DesiredError, Problem
 from reconciler.sources import document as doc
 from reconciler.sources.yamlfile import Loaded, PersonsSource, read_photo
@@ -86,26 +87,14 @@ class _Rows:
     rows: Sequence[Sequence[Any]]
 
 
-def redact(url: str) -> str:
-    """The URL without its password and query parameters: safe to print, still recognisable."""
-    parts = urlsplit(url)
-    user, at, hosts = parts.netloc.rpartition("@")
-    netloc = f"{user.partition(':')[0]}@{hosts}" if at else hosts
-    return f"{parts.scheme}://{netloc}{parts.path}"
-
-
-def secrets_of(source: PersonsSource) -> set[str]:
+def secrets_of(source: PersonsSource) -> frozenset[str]:
     """The secrets in the source's URL (its password, as written and decoded): never shown."""
-    parts = urlsplit(source.url)
-    found = {parts.password or ""}
-    found |= {v for k, v in parse_qsl(parts.query) if k in ("password", "sslpassword")}
-    found |= {unquote(s) for s in found}
-    return {s for s in found if s}
+    return url_secrets(source.url)
 
 
 def describe(source: PersonsSource) -> str:
     """persons_from[0] (postgresql://hr@db/hr): how errors and logs name a source."""
-    return f"persons_from[{source.index}] ({redact(source.url)})"
+    return f"persons_from[{source.index}] ({url_shown(source.url)})"
 
 
 class Reader:

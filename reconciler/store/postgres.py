@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -27,6 +27,7 @@ from reconciler import logs
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
+from reconciler.core.redaction import url_secrets, url_shown
 from reconciler.errors import ConfigError, StoreError
 from reconciler.store import base
 from reconciler.store.base import (
@@ -80,22 +81,12 @@ def parse_url(url: str) -> Location:
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = DEFAULT_SCHEMA
     kept: list[tuple[str, str]] = []
-    hidden: list[str] = []
     for key, value in query:
         if key == "schema":
             schema = value
         else:
             kept.append((key, value))
-            if key == "password" and value:
-                hidden.append(value)
-    if parts.password:
-        hidden += [parts.password, unquote(parts.password)]
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    shown_query = urlencode([(k, "***" if k == "password" else v) for k, v in query], safe="*")
-    shown = urlunsplit((parts.scheme, netloc, parts.path, shown_query, ""))
+    shown = url_shown(url)
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigError(
             f"RECONCILER_STORE_URL {shown}: schema {schema!r} is not a plain lower-case name "
@@ -108,7 +99,7 @@ def parse_url(url: str) -> Location:
         conninfo=conninfo,
         schema=schema,
         shown=shown,
-        secrets=tuple(sorted({s for s in hidden if s}, key=len, reverse=True)),
+        secrets=tuple(sorted(url_secrets(url), key=len, reverse=True)),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from types import MappingProxyType
+from urllib.parse import quote
 
 import orjson
 from hypothesis import given
@@ -18,7 +19,14 @@ from reconciler.core.changes import (
     document_objects,
 )
 from reconciler.core.records import Hasher
-from reconciler.core.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor, _alternation
+from reconciler.core.redaction import (
+    MIN_SECRET_LENGTH,
+    REDACTED,
+    Redactor,
+    _alternation,
+    url_secrets,
+    url_shown,
+)
 
 
 def test_secret_keys_are_hidden_whatever_their_value() -> None:
@@ -201,3 +209,26 @@ def test_change_lines_show_what_the_walk_shows(
     assert [orjson.loads(line) for line in text.splitlines()] == [
         orjson.loads(orjson.dumps(redactor.value(line), default=repr)) for line in lines
     ]
+
+
+@given(user=st.text(min_size=1), password=st.text(min_size=1), in_query=st.text(min_size=1))
+def test_a_connection_urls_passwords_are_its_secrets_and_never_shown(
+    user: str, password: str, in_query: str
+) -> None:
+    """Whatever a password holds (an "@", a "/", a "%"), percent-encoded or not: the store's
+    and an HR database's URL show everything else as written."""
+    for written in (quote(password, safe=""), quote(password, safe="@/:%")):
+        url = (
+            f"postgresql://{quote(user, safe='')}:{written}@db:5433/hr"
+            f"?sslmode=require&password={quote(in_query, safe='')}"
+        )
+        assert url_shown(url) == (
+            f"postgresql://{quote(user, safe='')}:***@db:5433/hr?sslmode=require&password=***"
+        )
+        assert {password, written, in_query} <= url_secrets(url)
+
+
+def test_a_url_without_secrets_is_shown_as_written() -> None:
+    for url in ("sqlite:////srv/hr.db", "postgresql:///hr?host=/run/pg", "postgresql://hr@db/hr"):
+        assert url_shown(url) == url
+        assert url_secrets(url) == frozenset()

@@ -19,6 +19,7 @@ import pytest
 
 from reconciler.core.persons import PersonType
 from reconciler.core.records import Hasher
+from reconciler.core.redaction import url_shown
 from reconciler.errors import DesiredError
 from reconciler.sources import sql, yamlfile
 from reconciler.sources.yamlfile import Loaded, PersonsSource, load
@@ -66,7 +67,8 @@ class Pg:
     def __init__(self, postgres: Postgres) -> None:
         self.postgres = postgres
         self.url = postgres.url
-        self.shown = "postgresql://postgres@127.0.0.1:5432/test"
+        # The URL as every message shows it (test_urls_are_shown_without_password).
+        self.shown = url_shown(postgres.url)
 
     def execute(self, *statements: str) -> list[tuple[object, ...]]:
         return self.postgres.execute(*statements)
@@ -587,7 +589,7 @@ async def test_a_slow_postgresql_query_is_cancelled_on_the_server(pg: Pg) -> Non
 async def test_an_unreachable_database(pg: Pg) -> None:
     url = pg.url.replace(":5432/", ":1/")
     assert await problems(desired(ACTIVE), url) == [
-        "desired.yaml:3: persons_from[0] (postgresql://postgres@127.0.0.1:1/test): cannot"
+        f"desired.yaml:3: persons_from[0] ({url_shown(url)}): cannot"
         ' connect: connection failed: connection to server at "127.0.0.1", port 1 failed:'
         " Connection refused Is the server running on that host and accepting TCP/IP"
         " connections?"
@@ -610,20 +612,26 @@ async def test_a_failing_query(engine: Engine) -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("postgresql://hr:hunter2@db/hr", "postgresql://hr@db/hr"),
-        ("postgresql://hr:hun%40ter2@db:5433/hr?sslmode=require", "postgresql://hr@db:5433/hr"),
-        ("postgres://db1:5432,db2:5432/hr?password=hunter2", "postgres://db1:5432,db2:5432/hr"),
+        ("postgresql://hr:hunter2@db/hr", "postgresql://hr:***@db/hr"),
+        (
+            "postgresql://hr:hun%40ter2@db:5433/hr?sslmode=require",
+            "postgresql://hr:***@db:5433/hr?sslmode=require",
+        ),
+        (
+            "postgres://db1:5432,db2:5432/hr?password=hunter2",
+            "postgres://db1:5432,db2:5432/hr?password=***",
+        ),
         ("postgresql://hr@db/hr", "postgresql://hr@db/hr"),
-        ("postgresql:///hr?host=/run/postgresql", "postgresql:///hr"),
+        ("postgresql:///hr?host=/run/postgresql", "postgresql:///hr?host=/run/postgresql"),
         ("sqlite:///hr.db", "sqlite:///hr.db"),
         ("sqlite:////srv/hr/hr.db", "sqlite:////srv/hr/hr.db"),
     ],
 )
 def test_urls_are_shown_without_password(url: str, shown: str) -> None:
-    assert sql.redact(url) == shown
     source = PersonsSource(url=url, query="", timeout=1, source="d.yaml", line=1, index=2)
     assert sql.describe(source) == f"persons_from[2] ({shown})"
     assert "hunter2" not in repr(source)
+    assert "hun@ter2" not in sql.describe(source)
 
 
 async def test_the_password_is_never_printed(pg: Pg) -> None:

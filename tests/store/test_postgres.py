@@ -13,8 +13,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from reconciler import logs
+from reconciler.app import connect_store
 from reconciler.core.planning import LedgerEntry
 from reconciler.errors import ConfigError, StoreError
+from reconciler.settings import Settings
 from reconciler.store.base import Holding, migrations
 from reconciler.store.postgres import PostgresStore, parse_url
 from tests.reliability import closed_port
@@ -51,6 +54,19 @@ async def test_an_unreachable_store_is_a_store_error_without_the_password() -> N
     assert "cannot connect to the store postgresql://rec:***@127.0.0.1" in message
     assert "pw-never-shown-5581" not in message
     assert caught.value.__cause__ is None  # libpq's text may quote the connection string
+
+
+async def test_the_store_urls_password_is_hidden_from_every_log_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only the store's own messages: a driver's error or a traceback logged anywhere."""
+    monkeypatch.setattr(logs, "_redactor", logs._redactor)  # protect() below is undone after
+    url = f"postgresql://rec:pw-store-9917@127.0.0.1:{closed_port()}/db?sslpassword=key-pw-2210"
+    with pytest.raises(StoreError):
+        await connect_store(Settings(store_url=url))
+    assert logs.redact("echoed pw-store-9917 and key-pw-2210") == (
+        "echoed [redacted] and [redacted]"
+    )
 
 
 async def test_replicas_starting_together_migrate_once(

@@ -37,7 +37,7 @@ from reconciler.core.changes import (
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.errors import TargetError
 from reconciler.store.base import Store
-from reconciler.targets.base import DepartmentTarget, Outcome, Target
+from reconciler.targets.base import DepartmentTarget, Outcome, Target, after_writes
 
 log = structlog.get_logger("reconciler.executor")
 
@@ -373,6 +373,9 @@ _person_of = attrgetter("change.person_id")
 async def _record(
     name: str, outcomes: Sequence[Outcome], store: Store, report: TargetReport
 ) -> None:
+    # Sends go first: a request just sent is written before this work, which held writes back
+    # 0.2-0.5 ms on average in a first sync when it ran in between (targets.base.after_writes).
+    await after_writes()
     now = time.time()
     applied: list[LedgerEntry] = []
     deleted: list[str] = []
@@ -419,6 +422,7 @@ async def _record(
             target=name,
         )
         await asyncio.sleep(0)  # a response that arrived meanwhile goes first
+        await after_writes()  # and the request its slot sent next
     for outcome in failed:
         _failed(
             name, report, outcome.change, outcome.error or "failed", retryable=outcome.retryable

@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from reconciler import executor
+from reconciler import executor, logs
 from reconciler.core.changes import Action, Change, Reason, TargetPlan
 from reconciler.errors import StoreError, TemporaryTargetError
 from reconciler.store.sqlite import SqliteStore
-from reconciler.targets.base import Outcome
+from reconciler.targets.base import Outcome, pipelined, writes_pending
 
 
 async def test_a_batch_s_change_lines_let_other_work_run_between_them(tmp_path: Path) -> None:
@@ -150,3 +151,56 @@ async def test_a_store_failing_mid_phase_ends_the_target_s_calls_at_once(tmp_pat
         assert len(sent) == calls < len(changes)
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("answer_after", [0, 0.002])
+async def test_the_ledger_waits_for_requests_just_sent_to_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer_after: float
+) -> None:
+    """Sends go first: while a request of any target may not be written out yet, the executor
+    neither records nor logs (it would hold the write back while a slot stands idle). A device
+    that answers at once meets the recording as it starts; one that takes a while meets its
+    change lines."""
+    store = await SqliteStore.open(tmp_path / "store.sqlite3")
+    changes = tuple(
+        Change(action=Action.CREATE, person_id=f"{n:04d}", reason=Reason.NEW, fingerprint="f")
+        for n in range(4000)
+    )
+    recorded_while_pending: list[bool] = []
+    record = store.record
+
+    async def watched(*args: object, **kwargs: object) -> None:
+        recorded_while_pending.append(writes_pending())
+        await record(*args, **kwargs)  # type: ignore[arg-type]
+
+    class Door:
+        async def apply(
+            self, planned: Sequence[Change], **_: object
+        ) -> AsyncIterator[list[Outcome]]:
+            async def send(batch: list[Change]) -> list[Outcome]:
+                await asyncio.sleep(answer_after)
+                return [Outcome(change=c, ok=True) for c in batch]
+
+            batches = (list(planned[i : i + 100]) for i in range(0, len(planned), 100))
+            async for outcomes in pipelined(batches, None, send, 4):
+                yield outcomes
+
+    logged_while_pending: list[bool] = []
+    change_lines = logs.change_lines
+
+    def logged(*args: Any, **kwargs: Any) -> None:
+        logged_while_pending.append(writes_pending())
+        change_lines(*args, **kwargs)
+
+    monkeypatch.setattr(logs, "change_lines", logged)
+    store.record = watched  # type: ignore[method-assign]
+    try:
+        plan = TargetPlan(target="door", kind="nebula_pass", changes=changes)
+        report = await executor.apply(plan, Door(), store)  # type: ignore[arg-type]
+    finally:
+        await store.aclose()
+    assert report.applied == len(changes)
+    assert recorded_while_pending, "nothing was recorded"
+    assert not any(recorded_while_pending)
+    assert len(logged_while_pending) >= len(changes) // executor.LINES_PER_STEP
+    assert not any(logged_while_pending)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -222,6 +223,56 @@ def chunks(items: Sequence[_In], size: int) -> Iterable[Sequence[_In]]:
         yield items[start : start + size]
 
 
+class _Writes:
+    """Requests of this event loop started less than two turns ago: aiohttp on Python 3.11
+    writes a request from a task of its own, which the send's first step queues, so until then
+    its bytes may not be out."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.done = asyncio.Event()
+        self.done.set()
+
+    def begun(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.pending += 1
+        self.done.clear()
+        # Its first step runs next turn and queues the write; this runs after that write.
+        loop.call_soon(loop.call_soon, self._settled)
+
+    def _settled(self) -> None:
+        self.pending -= 1
+        if not self.pending:
+            self.done.set()
+
+
+_WRITES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes] = weakref.WeakKeyDictionary()
+
+
+def _writes() -> _Writes:
+    loop = asyncio.get_running_loop()
+    writes = _WRITES.get(loop)
+    if writes is None:
+        writes = _WRITES[loop] = _Writes()
+    return writes
+
+
+async def after_writes() -> None:
+    """Returns once the requests `pipelined` started in this event loop are written out.
+
+    Sends go first: work that is not a send (a batch's prepare, the executor recording what a
+    target confirmed) waits here, so that it never runs between a request and its write, while
+    a slot of the target stands idle.
+    """
+    writes = _writes()
+    while writes.pending:
+        await writes.done.wait()
+
+
+def writes_pending() -> bool:
+    """Whether a request started in this event loop may not be written out yet."""
+    return _writes().pending > 0
+
+
 def bounded(
     items: Iterable[_In],
     work: Callable[[_In], Awaitable[_Out]],
@@ -259,11 +310,11 @@ async def pipelined(
 
     Each of `limit` senders sends one item after another: the next item goes out in the same
     step as the answer to the last comes in, not a turn of the event loop later, behind
-    whatever else is due (a task per send took that turn). And sends go first: aiohttp on
-    Python 3.11 writes a request from a task of its own, which the send's first step queues; a
-    prepare (0.4 ms for a batch) or the caller's work on a result that ran in between held the
-    request back. So neither starts while a send started less than two loop turns ago: time
-    enough for a send that writes its request at once, as one with a connection at hand does.
+    whatever else is due (a task per send took that turn). And sends go first
+    (`after_writes`): a prepare (0.4 ms for a batch) or the caller's work on a result that ran
+    between a send and its write held the request back, so neither starts while a send started
+    less than two loop turns ago: time enough for a send that writes its request at once, as
+    one with a connection at hand does.
     """
     iterator = iter(items)
     #: Prepared (or being prepared) items, in order; a sender takes the first once it is done.
@@ -275,26 +326,7 @@ async def pipelined(
     drained = False  # every item was taken from `items`
     sending = 0  # sends not yet returned
     loop = asyncio.get_running_loop()
-    writing = 0  # sends started less than two turns ago, whose requests may not be written yet
-    written = asyncio.Event()
-    written.set()
-
-    def begun() -> None:
-        nonlocal writing
-        writing += 1
-        written.clear()
-        # Its first step runs next turn and queues the write; this runs after that write.
-        loop.call_soon(loop.call_soon, settled)
-
-    def settled() -> None:
-        nonlocal writing
-        writing -= 1
-        if not writing:
-            written.set()
-
-    async def after_writes() -> None:
-        while writing:
-            await written.wait()
+    writes = _writes()
 
     def prepare_next() -> None:
         # Called as a send starts; prepare_after_writes lets its write go first.
@@ -348,7 +380,7 @@ async def pipelined(
                 return
             outcome: asyncio.Future[Any] = loop.create_future()
             sending += 1
-            begun()
+            writes.begun(loop)
             prepare_next()
             try:
                 outcome.set_result(await send(head.result()))

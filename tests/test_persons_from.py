@@ -19,6 +19,7 @@ import orjson
 import psycopg
 import pytest
 
+from reconciler.core.redaction import url_shown
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from tests.conftest import POSTGRES_PASSWORD, Postgres
 from tests.daemon.test_run import Running, spawn
@@ -40,7 +41,11 @@ QUERY = (
     "WITH pause AS MATERIALIZED (SELECT pg_sleep(delay) FROM control)"
     " SELECT emp_no AS id, full_name AS name, pin FROM employees, pause WHERE active"
 )
-SHOWN = "persons_from[0] (postgresql://postgres@127.0.0.1:5432/test)"
+
+
+def shown(url: str) -> str:
+    """How messages name the source: its URL, the password masked (core.redaction)."""
+    return f"persons_from[0] ({url_shown(url)})"
 
 
 def sources(timeout: str = "2s") -> str:
@@ -117,9 +122,9 @@ async def test_validate_queries_only_when_asked(site: Site, hr: Postgres) -> Non
     assert "1 persons_from source not read (--query reads them)" in offline.out
     down = await site.run("validate", "--query")
     assert down.code == 1
-    assert "desired.yaml:14: persons_from[0] (postgresql://postgres@127.0.0.1:1/test): cannot" in (
-        down.err
-    )
+    unreachable = site.env["HR_DATABASE_URL"]
+    assert f"desired.yaml:14: {shown(unreachable)}: cannot" in down.err
+    assert "postgresql://postgres:***@127.0.0.1:1/test" in down.err
     site.env["HR_DATABASE_URL"] = hr.url
     read = await site.run("validate", "--query")
     assert read.code == 0, read.err
@@ -154,7 +159,7 @@ async def test_plan_and_apply_follow_the_database(
     hr.execute("UPDATE employees SET full_name = '' WHERE emp_no = 1002")
     bad = await site.run("apply", "--yes")
     assert bad.code == 1
-    assert f'desired.yaml:14: {SHOWN} row 2, id "1002": name must not be empty' in bad.err
+    assert f'desired.yaml:14: {shown(hr.url)} row 2, id "1002": name must not be empty' in bad.err
     assert nebula.users["1001"]["name"] == "Ann"
 
     # Zero rows are data, not an error: the empty-source guard holds the deletes.
@@ -194,7 +199,7 @@ async def test_the_daemon_reads_the_database_every_pass_and_keeps_the_last_good_
 
 async def exercise(daemon: Running, hr: Database, server: str, nebula: NebulaPassSimulator) -> None:
     await daemon.until(lambda: set(nebula.users) == {"1001", "1002", "9"}, "the first sync")
-    shown = f"persons_from[0] (postgresql://postgres@127.0.0.1:5432/{hr.name})"
+    named = shown(hr.url)
 
     async with aiohttp.ClientSession() as http:
 
@@ -219,7 +224,7 @@ async def exercise(daemon: Running, hr: Database, server: str, nebula: NebulaPas
         assert status == 503
         assert b"no answer within the timeout of 1s" in body
         status, body = await get("/status")
-        assert shown in orjson.loads(body)["desired"]["error"]
+        assert named in orjson.loads(body)["desired"]["error"]
         status, body = await get("/metrics")
         assert b"reconciler_desired_valid 0.0" in body
         passes = daemon.passes()
@@ -233,7 +238,7 @@ async def exercise(daemon: Running, hr: Database, server: str, nebula: NebulaPas
 
         # Unreachable: the same.
         allow_connections(hr, server, allow=False)
-        await daemon.until(lambda: invalid(daemon, f"{shown}: cannot connect"), "unreachable")
+        await daemon.until(lambda: invalid(daemon, f"{named}: cannot connect"), "unreachable")
         assert (await get("/readyz"))[0] == 503
         passes = daemon.passes()
         await daemon.until(lambda: daemon.passes() >= passes + 2, "two passes while unreachable")

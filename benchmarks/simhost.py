@@ -24,7 +24,8 @@ from typing import IO, Any
 
 import orjson
 
-from reconciler.simulators.base import Served, Simulator, serve
+from reconciler.daemon.server import Listening
+from reconciler.simulators.base import Simulator, serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.simulators.siteserver import SiteServerSimulator
 from reconciler.simulators.sophon_fog import SophonFogSimulator
@@ -64,7 +65,7 @@ class _PreciseSelector(selectors.EpollSelector):
 class _Host:
     def __init__(self) -> None:
         self.simulators: list[Simulator] = []
-        self.served: list[Served] = []
+        self.served: list[Listening] = []
 
     async def start(self, kind: str, count: int, size: int) -> dict[str, Any]:
         first = len(self.simulators)

@@ -22,9 +22,10 @@ import click
 from reconciler import app as composition
 from reconciler import cycle
 from reconciler.core.changes import Plan
+from reconciler.daemon.server import Listening
 from reconciler.errors import ConfigError
 from reconciler.settings import Settings
-from reconciler.simulators.base import Served, Simulator, serve
+from reconciler.simulators.base import Simulator, serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.simulators.siteserver import SiteServerSimulator
 from reconciler.simulators.sophon_fog import SophonFogSimulator
@@ -160,9 +161,9 @@ async def run(
 @contextlib.asynccontextmanager
 async def simulators(
     kinds: Mapping[str, str], *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[dict[str, tuple[Served, dict[str, str]]]]:
+) -> AsyncIterator[dict[str, tuple[Listening, dict[str, str]]]]:
     """One simulator per target, each with a fresh login; closed on the way out."""
-    served: dict[str, tuple[Served, dict[str, str]]] = {}
+    served: dict[str, tuple[Listening, dict[str, str]]] = {}
     try:
         for index, (name, kind) in enumerate(sorted(kinds.items())):
             if kind not in SIMULATORS:
@@ -180,7 +181,7 @@ async def simulators(
 
 async def simulate(kinds: Sequence[str], *, host: str, port: int) -> int:
     """Serve one simulator per kind, on consecutive ports, until interrupted."""
-    endpoints: list[Served] = []
+    endpoints: list[Listening] = []
     # Handlers first: a SIGTERM that arrives while the later simulators start still stops cleanly.
     with stop_signals() as stop:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ssl
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -95,6 +96,17 @@ async def start(app: web.Application, listen: str) -> Listening:
     Raises ConfigError when `listen` is malformed or cannot be bound.
     """
     host, port = parse_listen(listen)
+    try:
+        return await serve_app(app, host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+
+
+async def serve_app(
+    app: web.Application, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+) -> Listening:
+    """Serve `app` on host:port (0 picks a free one), over TLS when given a context: the
+    daemon's endpoints, and the bundled simulators (simulators.base.serve)."""
     # access_log=None: aiohttp's access log can be configured to print headers, and the
     # Authorization header must never reach a log.
     runner = web.AppRunner(
@@ -102,16 +114,14 @@ async def start(app: web.Application, listen: str) -> Listening:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         raise
     bound: int = runner.addresses[0][1]
+    scheme = "https" if ssl_context is not None else "http"
     netloc = f"[{host}]" if ":" in host else host
-    return Listening(url=f"http://{netloc}:{bound}", port=bound, runner=runner)
+    return Listening(url=f"{scheme}://{netloc}:{bound}", port=bound, runner=runner)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -17,6 +17,8 @@ from typing import ClassVar
 
 from aiohttp import web
 
+from reconciler.daemon.server import Listening, serve_app
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Set by a write handler: how many persons the request carried, copied into its log entry.
@@ -24,9 +26,6 @@ ITEMS = web.RequestKey("items", int)
 
 #: Set when the server shuts down, so requests hanging on purpose give up instead of holding it.
 _CLOSING = web.AppKey("closing", asyncio.Event)
-
-#: How long `Served.close()` lets in-flight requests finish before dropping them.
-_SHUTDOWN_TIMEOUT = 5.0
 
 #: Largest request body: vendors take photos inline as base64, far above aiohttp's 1 MiB default.
 _CLIENT_MAX_SIZE = 256 * 1024 * 1024
@@ -310,39 +309,11 @@ async def _release_hanging(app: web.Application) -> None:
     app[_CLOSING].set()
 
 
-class Served:
-    """A simulator listening on a socket; `close()` (or leaving `async with`) stops it."""
-
-    def __init__(self, *, url: str, port: int, runner: web.AppRunner) -> None:
-        self.url = url
-        self.port = port
-        self._runner = runner
-
-    async def close(self) -> None:
-        await self._runner.cleanup()
-
-    async def __aenter__(self) -> Served:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-
 async def serve(
     simulator: Simulator,
     host: str = "127.0.0.1",
     port: int = 0,
     ssl_context: ssl.SSLContext | None = None,
-) -> Served:
+) -> Listening:
     """Serve `simulator` on host:port (0 picks a free port), over TLS when given a context."""
-    runner = web.AppRunner(simulator.app(), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound: int = runner.addresses[0][1]
-    scheme = "https" if ssl_context is not None else "http"
-    netloc = f"[{host}]" if ":" in host else host
-    return Served(url=f"{scheme}://{netloc}:{bound}", port=bound, runner=runner)
+    return await serve_app(simulator.app(), host, port, ssl_context=ssl_context)

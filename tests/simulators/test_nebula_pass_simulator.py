@@ -16,7 +16,8 @@ import orjson
 import pytest
 import trustme
 
-from reconciler.simulators.base import Faults, Served, serve
+from reconciler.daemon.server import Listening
+from reconciler.simulators.base import Faults, serve
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(32)).decode()
@@ -39,7 +40,7 @@ def sim() -> NebulaPassSimulator:
 
 
 @pytest.fixture
-async def served(sim: NebulaPassSimulator) -> AsyncIterator[Served]:
+async def served(sim: NebulaPassSimulator) -> AsyncIterator[Listening]:
     async with await serve(sim) as server:
         yield server
 
@@ -51,7 +52,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def client(served: Served, http: aiohttp.ClientSession, sim: NebulaPassSimulator) -> Client:
+async def client(
+    served: Listening, http: aiohttp.ClientSession, sim: NebulaPassSimulator
+) -> Client:
     client = Client(http, served.url)
     await client.login()
     sim.log.clear()
@@ -93,7 +96,7 @@ def stored(sim: NebulaPassSimulator, user_id: str, create_at: int) -> None:
 
 
 async def test_ping_needs_no_auth_and_no_fault_touches_it(
-    served: Served, http: aiohttp.ClientSession, sim: NebulaPassSimulator
+    served: Listening, http: aiohttp.ClientSession, sim: NebulaPassSimulator
 ) -> None:
     sim.faults.fail_next = [503]
     status, body = await Client(http, served.url).call("GET", "/v2/datasync/ping")
@@ -101,7 +104,7 @@ async def test_ping_needs_no_auth_and_no_fault_touches_it(
     assert sim.faults.fail_next == [503]
 
 
-async def test_login_issues_a_bearer_token(served: Served, http: aiohttp.ClientSession) -> None:
+async def test_login_issues_a_bearer_token(served: Listening, http: aiohttp.ClientSession) -> None:
     client = Client(http, served.url)
     status, body = await client.login(validTime=1440)
     assert (status, body["code"], body["msg"]) == (200, 200, "OK")
@@ -111,7 +114,7 @@ async def test_login_issues_a_bearer_token(served: Served, http: aiohttp.ClientS
 
 
 async def test_wrong_credentials_answer_http_200_with_an_error_code(
-    served: Served, http: aiohttp.ClientSession
+    served: Listening, http: aiohttp.ClientSession
 ) -> None:
     client = Client(http, served.url)
     assert await client.login(password="nope") == (
@@ -126,7 +129,7 @@ async def test_wrong_credentials_answer_http_200_with_an_error_code(
 
 @pytest.mark.parametrize("valid_time", [0, 1441, "5", True])
 async def test_login_refuses_a_valid_time_out_of_range(
-    served: Served, http: aiohttp.ClientSession, valid_time: object
+    served: Listening, http: aiohttp.ClientSession, valid_time: object
 ) -> None:
     status, body = await Client(http, served.url).login(validTime=valid_time)
     assert (status, body["code"]) == (400, 400)
@@ -134,7 +137,7 @@ async def test_login_refuses_a_valid_time_out_of_range(
 
 @pytest.mark.parametrize("authorization", [None, "Bearer forged", "Basic !!!", "Token x"])
 async def test_requests_without_a_valid_token_get_401_in_status_and_body(
-    served: Served, http: aiohttp.ClientSession, authorization: str | None
+    served: Listening, http: aiohttp.ClientSession, authorization: str | None
 ) -> None:
     client = Client(http, served.url)
     if authorization is not None:
@@ -157,7 +160,7 @@ async def test_a_token_expires_after_token_ttl(http: aiohttp.ClientSession) -> N
 
 
 async def test_basic_auth_with_the_device_credentials_is_accepted(
-    served: Served, http: aiohttp.ClientSession
+    served: Listening, http: aiohttp.ClientSession
 ) -> None:
     client = Client(http, served.url)
     client.headers = {"Authorization": aiohttp.encode_basic_auth(USERNAME, PASSWORD)}
@@ -167,7 +170,7 @@ async def test_basic_auth_with_the_device_credentials_is_accepted(
 
 
 async def test_every_response_carries_the_device_headers(
-    served: Served, http: aiohttp.ClientSession
+    served: Listening, http: aiohttp.ClientSession
 ) -> None:
     async with http.get(served.url + "/v2/datasync/ping") as response:
         assert {"model", "sn", "timestamp", "account"} <= set(response.headers)

@@ -14,7 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
-from reconciler.simulators.base import Faults, Served, serve
+from reconciler.daemon.server import Listening
+from reconciler.simulators.base import Faults, serve
 from reconciler.simulators.siteserver import SiteServerSimulator
 
 KEY = "sim-key"
@@ -50,13 +51,13 @@ def sim(request: pytest.FixtureRequest, clock: Clock) -> SiteServerSimulator:
 
 
 @pytest.fixture
-async def served(sim: SiteServerSimulator) -> AsyncIterator[Served]:
+async def served(sim: SiteServerSimulator) -> AsyncIterator[Listening]:
     async with await serve(sim) as server:
         yield server
 
 
 @pytest.fixture
-async def client(served: Served) -> AsyncIterator[Client]:
+async def client(served: Listening) -> AsyncIterator[Client]:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
         yield Client(http, served.url)
 
@@ -158,7 +159,7 @@ async def test_v7_needs_the_admins_permission_except_for_get_by_account(
 
 
 @both
-async def test_the_key_may_come_in_the_query(served: Served, sim: SiteServerSimulator) -> None:
+async def test_the_key_may_come_in_the_query(served: Listening, sim: SiteServerSimulator) -> None:
     async with (
         aiohttp.ClientSession(timeout=TIMEOUT) as http,
         http.get(f"{served.url}/api/v1/users?apiKey={KEY}") as response,
@@ -516,7 +517,7 @@ async def test_v6_delete_of_a_missing_id_is_an_empty_404(client: Client) -> None
 
 @both
 async def test_an_avatar_upload_is_stored_and_served(
-    client: Client, sim: SiteServerSimulator, served: Served
+    client: Client, sim: SiteServerSimulator, served: Listening
 ) -> None:
     user_id = sim.add_user("alice")
     status, body = await client.call("GET", f"/api/v1/users/{user_id}/avatar")

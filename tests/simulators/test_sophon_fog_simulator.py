@@ -14,7 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
-from reconciler.simulators.base import Faults, Served, serve
+from reconciler.daemon.server import Listening
+from reconciler.simulators.base import Faults, serve
 from reconciler.simulators.sophon_fog import GROUPS, USERS, WIPE, SophonFogSimulator
 
 JPEG_BYTES = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(32)
@@ -34,13 +35,13 @@ def sim() -> SophonFogSimulator:
 
 
 @pytest.fixture
-async def served(sim: SophonFogSimulator) -> AsyncIterator[Served]:
+async def served(sim: SophonFogSimulator) -> AsyncIterator[Listening]:
     async with await serve(sim) as server:
         yield server
 
 
 @pytest.fixture
-async def box(served: Served) -> AsyncIterator[Box]:
+async def box(served: Listening) -> AsyncIterator[Box]:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
         yield Box(http, served.url)
 

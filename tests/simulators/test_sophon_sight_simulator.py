@@ -14,7 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
-from reconciler.simulators.base import Faults, Served, serve
+from reconciler.daemon.server import Listening
+from reconciler.simulators.base import Faults, serve
 from reconciler.simulators.sophon_sight import (
     APPKEY_ERROR,
     CONFLICT,
@@ -46,13 +47,13 @@ def sim() -> SophonSightSimulator:
 
 
 @pytest.fixture
-async def served(sim: SophonSightSimulator) -> AsyncIterator[Served]:
+async def served(sim: SophonSightSimulator) -> AsyncIterator[Listening]:
     async with await serve(sim) as server:
         yield server
 
 
 @pytest.fixture
-async def client(served: Served) -> AsyncIterator[Client]:
+async def client(served: Listening) -> AsyncIterator[Client]:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
         yield Client(http, served.url)
 

@@ -18,9 +18,10 @@ from reconciler.core import attempts, planning
 from reconciler.core.changes import Action, TargetPlan
 from reconciler.core.persons import Department, Desired, Person, Photo
 from reconciler.core.records import Hasher
+from reconciler.daemon.server import Listening
 from reconciler.errors import PermanentTargetError, TargetError
 from reconciler.executor import TargetReport
-from reconciler.simulators.base import Served, Simulator, serve
+from reconciler.simulators.base import Simulator, serve
 from reconciler.simulators.sophon_fog import SophonFogSimulator
 from reconciler.store.sqlite import SqliteStore
 from reconciler.targets import KINDS
@@ -43,7 +44,7 @@ class Rig:
 
     harness: Harness
     simulator: Simulator
-    served: Served
+    served: Listening
     store: SqliteStore
     targets: list[Target]
 

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from reconciler.core import persons
+from reconciler.core import durations, persons
 from reconciler.core.persons import Origin, Photo
 
 #: The target kinds this version speaks.
@@ -69,8 +69,6 @@ OWN_ERROR_TYPES = frozenset(
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _EXAMPLE_TIME = "2026-11-01T09:00:00+08:00"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 _PERSON_TYPES = {t.value: t for t in persons.PersonType}
 #: The longest a persons_from query may be given: a pass waits for it.
 MAX_SOURCE_TIMEOUT = 600.0
@@ -157,17 +155,13 @@ def _sql_url(value: str) -> str:
 
 
 def _timeout(value: Any) -> float:
-    """Seconds (a number), or a number with ms, s or m: "500ms", "30s", "2m"."""
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if seconds is None or not 0 < seconds <= MAX_SOURCE_TIMEOUT:
+    """Seconds (a number), or a number with a unit: "500ms", "30s", "2m"."""
+    found = durations.seconds(value)
+    if found is None or not 0 < found <= MAX_SOURCE_TIMEOUT:
         raise PydanticCustomError(
             "duration", "must be a duration above 0 and at most 10m, e.g. 30s or 500ms"
         )
-    return seconds
+    return found
 
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_check_id)]
@@ -276,7 +270,7 @@ class PersonsFrom(BaseModel):
             {
                 "anyOf": [
                     {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SOURCE_TIMEOUT},
-                    {"type": "string", "pattern": _DURATION.pattern},
+                    {"type": "string", "pattern": durations.PATTERN.pattern},
                 ]
             }
         ),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from reconciler.core import durations
 from reconciler.core.changes import Change, DepartmentChange
 from reconciler.core.persons import PersonType
 from reconciler.core.planning import Observed, Prune, Select, TargetSpec
@@ -34,17 +34,13 @@ _Batch = TypeVar("_Batch", bound=Sequence[Change])
 _Out = TypeVar("_Out")
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _duration(value: Any) -> Any:
     """Seconds, or a number with a unit: 90, "90s", "30m", "24h", "7d"."""
     if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError("must be seconds or a number with s, m, h or d (e.g. 24h)")
-        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        found = durations.seconds(value)
+        if found is None:
+            raise ValueError("must be seconds or a number with ms, s, m, h or d (e.g. 24h)")
+        return timedelta(seconds=found)
     return value
 
 

@@ -29,8 +29,9 @@ _redactor = Redactor()
 
 @dataclass(frozen=True, slots=True)
 class _JsonLines:
-    """How `configure` set JSON lines up: `lines` writes there itself while structlog is still
-    configured so (not, say, capturing logs in a test, which changes the processors in place)."""
+    """How `configure` set JSON lines up: `change_lines` writes there itself while structlog is
+    still configured so (not, say, capturing logs in a test, which changes the processors in
+    place)."""
 
     processors: tuple[structlog.typing.Processor, ...]
     factory: structlog.typing.WrappedLogger

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from reconciler import logs
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
@@ -206,6 +207,187 @@ class Store(Protocol):
     async def holders(self, targets: Collection[str]) -> dict[str, Holding]:
         """Who owns and who writes each of these targets."""
         ...
+
+
+# The statements both backends run, written once: '?' marks each parameter (the PostgreSQL
+# store puts its own '%s' in their place; no statement here has either character otherwise).
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """Rows into `table`. A row whose `key` is there already is left alone, or with `update`
+    has every other column set from the new row; `kept` columns keep their stored value when
+    the new one is NULL."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    update: bool = False
+    kept: tuple[str, ...] = ()
+
+    @property
+    def head(self) -> str:
+        """INSERT INTO table (columns) VALUES"""
+        return f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES"
+
+    @property
+    def tail(self) -> str:
+        """ON CONFLICT (key) DO ..."""
+        conflict = f"ON CONFLICT ({', '.join(self.key)})"
+        if not self.update:
+            return f"{conflict} DO NOTHING"
+        sets = ", ".join(
+            f"{c} = COALESCE(excluded.{c}, {self.table}.{c})"
+            if c in self.kept
+            else f"{c} = excluded.{c}"
+            for c in self.columns
+            if c not in self.key
+        )
+        return f"{conflict} DO UPDATE SET {sets}"
+
+    def statement(self, rows: int = 1, mark: str = "?") -> str:
+        """The whole statement for `rows` rows, each parameter marked by `mark`."""
+        one = "(" + ", ".join([mark] * len(self.columns)) + ")"
+        return f"{self.head} {', '.join([one] * rows)} {self.tail}"
+
+
+_PERSON_KEY = ("target", "person_id")
+#: Write-ahead: a person about to be created is owned before it is sent.
+PENDING = Upsert("ledger", ("target", "person_id", "applied_at"), _PERSON_KEY)
+#: Persons an operator adopts: owned, their content unknown.
+ADOPTED = Upsert("ledger", ("target", "person_id", "remote_id", "applied_at"), _PERSON_KEY)
+#: Confirmed outcomes (ledger_row); a target that answers no id keeps the one known.
+LEDGER = Upsert(
+    "ledger",
+    ("target", "person_id", "remote_id", "fingerprint", "written", "refs", "applied_at"),
+    _PERSON_KEY,
+    update=True,
+    kept=("remote_id",),
+)
+#: Confirmed department outcomes (department_row).
+DEPARTMENTS = Upsert(
+    "department_ledger",
+    ("target", "department_id", "parent", "fingerprint", "applied_at"),
+    ("target", "department_id"),
+    update=True,
+)
+#: Failed changes and their next try (attempt_row).
+ATTEMPTS = Upsert(
+    "attempts",
+    ("target", "person_id", "fingerprint", "failures", "next_try", "error"),
+    _PERSON_KEY,
+    update=True,
+)
+#: An unhealthy target (health_row).
+HEALTH = Upsert(
+    "target_health",
+    ("target", "failing_passes", "since", "until", "quarantines", "error"),
+    ("target",),
+    update=True,
+)
+#: A target's last settled plan (settled_row).
+SETTLED = Upsert("settled_plans", ("target", "key", "plan", "expires_at"), ("target",), update=True)
+
+READ_LEDGER = (
+    "SELECT person_id, remote_id, fingerprint, written, refs, applied_at FROM ledger "
+    "WHERE target = ? ORDER BY person_id"
+)
+READ_MANAGED = "SELECT target, COUNT(*) FROM ledger GROUP BY target"
+#: Read by departments_of.
+READ_DEPARTMENTS = (
+    "SELECT department_id, parent, fingerprint, applied_at FROM department_ledger "
+    "WHERE target = ? ORDER BY department_id"
+)
+#: Read by attempts_of.
+READ_ATTEMPTS = (
+    "SELECT person_id, fingerprint, failures, next_try, error FROM attempts WHERE target = ?"
+)
+#: Read by health_of.
+READ_HEALTH = (
+    "SELECT target, failing_passes, since, until, quarantines, error "
+    "FROM target_health ORDER BY target"
+)
+#: Read by settled_of.
+READ_SETTLED = "SELECT key, plan, expires_at FROM settled_plans WHERE target = ?"
+#: Read by passes_of.
+READ_PASSES = (
+    "SELECT id, started_at, finished_at, mode, result, plan_fingerprint, summary, error "
+    "FROM passes ORDER BY id DESC LIMIT ?"
+)
+#: Takes finished_row.
+PASSES_FINISHED = (
+    "UPDATE passes SET finished_at = ?, result = ?, plan_fingerprint = ?, summary = ?, "
+    "error = ? WHERE id = ?"
+)
+FORGET_HEALTH = "DELETE FROM target_health WHERE target = ?"
+PASSES_PRUNED = "DELETE FROM passes WHERE id <= ?"
+KEY_ADDED = (
+    "INSERT INTO meta (key, value) VALUES ('fingerprint_key', ?) ON CONFLICT (key) DO NOTHING"
+)
+READ_KEY = "SELECT value FROM meta WHERE key = 'fingerprint_key'"
+
+
+# Rows as both backends write them, in the columns' order above.
+
+
+def pending_rows(target: str, person_ids: Iterable[str], now: float) -> list[tuple[Any, ...]]:
+    return [(target, pid, now) for pid in person_ids]
+
+
+def adopted_rows(
+    target: str, remote_ids: Mapping[str, str | None], now: float
+) -> list[tuple[Any, ...]]:
+    return [(target, pid, remote_id, now) for pid, remote_id in remote_ids.items()]
+
+
+def department_row(target: str, entry: DepartmentEntry) -> tuple[Any, ...]:
+    return (target, entry.department_id, entry.parent, entry.fingerprint, entry.applied_at)
+
+
+def attempt_row(target: str, attempt: Attempt) -> tuple[Any, ...]:
+    """The error redacted: it may quote a target's answer."""
+    return (
+        target,
+        attempt.person_id,
+        attempt.fingerprint,
+        attempt.failures,
+        attempt.next_try,
+        logs.redact(attempt.error),
+    )
+
+
+def health_row(target: str, health: Health) -> tuple[Any, ...]:
+    return (
+        target,
+        health.failing_passes,
+        health.since,
+        health.until,
+        health.quarantines,
+        logs.redact(health.error),
+    )
+
+
+def settled_row(target: str, settled: Settled) -> tuple[Any, ...]:
+    return (target, settled.key, orjson.dumps(settled.plan).decode(), settled.expires_at)
+
+
+def finished_row(
+    pass_id: int,
+    finished_at: float,
+    result: str,
+    plan_fingerprint: str | None,
+    summary: Mapping[str, Any],
+    error: str | None,
+) -> tuple[Any, ...]:
+    """PASSES_FINISHED's parameters; the summary and error redacted."""
+    return (
+        finished_at,
+        result,
+        plan_fingerprint,
+        orjson.dumps(logs.redact(summary)).decode(),
+        logs.redact(error),
+        pass_id,
+    )
 
 
 def ledger_row(target: str, entry: LedgerEntry) -> tuple[Any, ...]:

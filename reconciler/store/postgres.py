@@ -23,7 +23,6 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from reconciler import logs
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
@@ -57,6 +56,32 @@ CONNECT_TIMEOUT = 10
 LOCK_POLL = 0.5
 
 Connection = psycopg.AsyncConnection[TupleRow]
+
+
+def _marked(statement: str) -> str:
+    """A statement of store.base with psycopg's parameter marks."""
+    return statement.replace("?", "%s")
+
+
+_PENDING = _marked(base.PENDING.statement())
+_ADOPTED = _marked(base.ADOPTED.statement())
+_LEDGER = _marked(base.LEDGER.statement())
+_DEPARTMENTS = _marked(base.DEPARTMENTS.statement())
+_ATTEMPTS = _marked(base.ATTEMPTS.statement())
+_HEALTH = _marked(base.HEALTH.statement())
+_SETTLED = _marked(base.SETTLED.statement())
+_READ_LEDGER = _marked(base.READ_LEDGER)
+_READ_MANAGED = base.READ_MANAGED
+_READ_DEPARTMENTS = _marked(base.READ_DEPARTMENTS)
+_READ_ATTEMPTS = _marked(base.READ_ATTEMPTS)
+_READ_HEALTH = base.READ_HEALTH
+_READ_SETTLED = _marked(base.READ_SETTLED)
+_READ_PASSES = _marked(base.READ_PASSES)
+_PASSES_FINISHED = _marked(base.PASSES_FINISHED)
+_FORGET_HEALTH = _marked(base.FORGET_HEALTH)
+_PASSES_PRUNED = _marked(base.PASSES_PRUNED)
+_KEY_ADDED = _marked(base.KEY_ADDED)
+_READ_KEY = base.READ_KEY
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -157,11 +182,7 @@ class PostgresStore:
     # -- ledger ---------------------------------------------------------------------------
 
     async def ledger(self, target: str) -> dict[str, LedgerEntry]:
-        rows = await self._fetch(
-            "SELECT person_id, remote_id, fingerprint, written, refs, applied_at FROM ledger "
-            "WHERE target = %s ORDER BY person_id",
-            (target,),
-        )
+        rows = await self._fetch(_READ_LEDGER, (target,))
         return {
             pid: LedgerEntry(
                 person_id=pid,
@@ -175,30 +196,20 @@ class PostgresStore:
         }
 
     async def managed(self) -> dict[str, int]:
-        rows = await self._fetch("SELECT target, COUNT(*) FROM ledger GROUP BY target")
+        rows = await self._fetch(_READ_MANAGED)
         return {target: int(count) for target, count in rows}
 
     async def mark_pending(self, target: str, person_ids: Iterable[str]) -> None:
-        now = time.time()
-        rows = [(target, pid, now) for pid in person_ids]
+        rows = base.pending_rows(target, person_ids, time.time())
         if rows:
             async with self._cursor(write_for=target) as cur:
-                await cur.executemany(
-                    "INSERT INTO ledger (target, person_id, applied_at) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (target, person_id) DO NOTHING",
-                    rows,
-                )
+                await cur.executemany(_PENDING, rows)
 
     async def adopt(self, target: str, remote_ids: Mapping[str, str | None]) -> None:
-        now = time.time()
-        rows = [(target, pid, remote_id, now) for pid, remote_id in remote_ids.items()]
+        rows = base.adopted_rows(target, remote_ids, time.time())
         if rows:
             async with self._cursor(write_for=target) as cur:
-                await cur.executemany(
-                    "INSERT INTO ledger (target, person_id, remote_id, applied_at) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (target, person_id) DO NOTHING",
-                    rows,
-                )
+                await cur.executemany(_ADOPTED, rows)
 
     async def record(
         self, target: str, applied: Sequence[LedgerEntry], deleted: Sequence[str] = ()
@@ -208,15 +219,7 @@ class PostgresStore:
         upserts = [base.ledger_row(target, e) for e in applied]
         async with self._cursor(write_for=target) as cur:
             if upserts:
-                await cur.executemany(
-                    "INSERT INTO ledger (target, person_id, remote_id, fingerprint, written, "
-                    "refs, applied_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (target, person_id) DO UPDATE SET "
-                    "remote_id = COALESCE(excluded.remote_id, ledger.remote_id), "
-                    "fingerprint = excluded.fingerprint, written = excluded.written, "
-                    "refs = excluded.refs, applied_at = excluded.applied_at",
-                    upserts,
-                )
+                await cur.executemany(_LEDGER, upserts)
             if deleted:
                 await cur.execute(
                     "DELETE FROM ledger WHERE target = %s AND person_id = ANY(%s)",
@@ -241,30 +244,17 @@ class PostgresStore:
         return tuple(rows[0])
 
     async def departments(self, target: str) -> dict[str, DepartmentEntry]:
-        rows = await self._fetch(
-            "SELECT department_id, parent, fingerprint, applied_at FROM department_ledger "
-            "WHERE target = %s ORDER BY department_id",
-            (target,),
-        )
-        return base.departments_of(rows)
+        return base.departments_of(await self._fetch(_READ_DEPARTMENTS, (target,)))
 
     async def record_departments(
         self, target: str, applied: Sequence[DepartmentEntry], deleted: Sequence[str] = ()
     ) -> None:
         if not applied and not deleted:
             return
-        upserts = [
-            (target, e.department_id, e.parent, e.fingerprint, e.applied_at) for e in applied
-        ]
+        upserts = [base.department_row(target, e) for e in applied]
         async with self._cursor(write_for=target) as cur:
             if upserts:
-                await cur.executemany(
-                    "INSERT INTO department_ledger (target, department_id, parent, fingerprint, "
-                    "applied_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (target, department_id) "
-                    "DO UPDATE SET parent = excluded.parent, fingerprint = excluded.fingerprint, "
-                    "applied_at = excluded.applied_at",
-                    upserts,
-                )
+                await cur.executemany(_DEPARTMENTS, upserts)
             if deleted:
                 await cur.execute(
                     "DELETE FROM department_ledger WHERE target = %s AND department_id = ANY(%s)",
@@ -274,32 +264,17 @@ class PostgresStore:
     # -- attempts, target health ----------------------------------------------------------------
 
     async def attempts(self, target: str) -> dict[str, Attempt]:
-        rows = await self._fetch(
-            "SELECT person_id, fingerprint, failures, next_try, error FROM attempts "
-            "WHERE target = %s",
-            (target,),
-        )
-        return base.attempts_of(rows)
+        return base.attempts_of(await self._fetch(_READ_ATTEMPTS, (target,)))
 
     async def record_attempts(
         self, target: str, failed: Sequence[Attempt], succeeded: Sequence[str] = ()
     ) -> None:
         if not failed and not succeeded:
             return
-        rows = [
-            (target, a.person_id, a.fingerprint, a.failures, a.next_try, logs.redact(a.error))
-            for a in failed
-        ]
+        rows = [base.attempt_row(target, a) for a in failed]
         async with self._cursor(write_for=target) as cur:
             if rows:
-                await cur.executemany(
-                    "INSERT INTO attempts (target, person_id, fingerprint, failures, next_try, "
-                    "error) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (target, person_id) "
-                    "DO UPDATE SET fingerprint = excluded.fingerprint, "
-                    "failures = excluded.failures, next_try = excluded.next_try, "
-                    "error = excluded.error",
-                    rows,
-                )
+                await cur.executemany(_ATTEMPTS, rows)
             if succeeded:
                 await cur.execute(
                     "DELETE FROM attempts WHERE target = %s AND person_id = ANY(%s)",
@@ -307,52 +282,26 @@ class PostgresStore:
                 )
 
     async def health(self) -> dict[str, Health]:
-        rows = await self._fetch(
-            "SELECT target, failing_passes, since, until, quarantines, error "
-            "FROM target_health ORDER BY target"
-        )
-        return base.health_of(rows)
+        return base.health_of(await self._fetch(_READ_HEALTH))
 
     async def record_health(self, target: str, health: Health) -> None:
         async with self._cursor(write_for=target) as cur:
             if health.healthy:
-                await cur.execute("DELETE FROM target_health WHERE target = %s", (target,))
-                return
-            await cur.execute(
-                "INSERT INTO target_health "
-                "(target, failing_passes, since, until, quarantines, error) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (target) DO UPDATE SET "
-                "failing_passes = excluded.failing_passes, since = excluded.since, "
-                "until = excluded.until, quarantines = excluded.quarantines, "
-                "error = excluded.error",
-                (
-                    target,
-                    health.failing_passes,
-                    health.since,
-                    health.until,
-                    health.quarantines,
-                    logs.redact(health.error),
-                ),
-            )
+                await cur.execute(_FORGET_HEALTH, (target,))
+            else:
+                await cur.execute(_HEALTH, base.health_row(target, health))
 
     # -- settled plans --------------------------------------------------------------------------
 
     async def settled(self, target: str) -> Settled | None:
-        rows = await self._fetch(
-            "SELECT key, plan, expires_at FROM settled_plans WHERE target = %s", (target,)
-        )
+        rows = await self._fetch(_READ_SETTLED, (target,))
         return base.settled_of(rows[0]) if rows else None
 
     async def remember_settled(self, target: str, settled: Settled) -> None:
         # Not a write under the target's writer lock: a plan only remembers what it found, and
         # its key holds the ledger checksum it was computed from, so a stale one never hits.
         async with self._cursor() as cur:
-            await cur.execute(
-                "INSERT INTO settled_plans (target, key, plan, expires_at) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (target) DO UPDATE SET key = excluded.key, "
-                "plan = excluded.plan, expires_at = excluded.expires_at",
-                (target, settled.key, orjson.dumps(settled.plan).decode(), settled.expires_at),
-            )
+            await cur.execute(_SETTLED, base.settled_row(target, settled))
 
     # -- passes, the fingerprint key ------------------------------------------------------------
 
@@ -365,7 +314,7 @@ class PostgresStore:
             row = await cur.fetchone()
             assert row is not None
             pass_id: int = row[0]
-            await cur.execute("DELETE FROM passes WHERE id <= %s", (pass_id - base.PASSES_KEPT,))
+            await cur.execute(_PASSES_PRUNED, (pass_id - base.PASSES_KEPT,))
         return pass_id
 
     async def finish_pass(
@@ -377,37 +326,18 @@ class PostgresStore:
         summary: Mapping[str, Any],
         error: str | None = None,
     ) -> None:
+        row = base.finished_row(pass_id, time.time(), result, plan_fingerprint, summary, error)
         async with self._cursor() as cur:
-            await cur.execute(
-                "UPDATE passes SET finished_at = %s, result = %s, plan_fingerprint = %s, "
-                "summary = %s, error = %s WHERE id = %s",
-                (
-                    time.time(),
-                    result,
-                    plan_fingerprint,
-                    orjson.dumps(logs.redact(summary)).decode(),
-                    logs.redact(error),
-                    pass_id,
-                ),
-            )
+            await cur.execute(_PASSES_FINISHED, row)
 
     async def passes(self, limit: int = 20) -> list[PassRecord]:
-        rows = await self._fetch(
-            "SELECT id, started_at, finished_at, mode, result, plan_fingerprint, summary, error "
-            "FROM passes ORDER BY id DESC LIMIT %s",
-            (limit,),
-        )
-        return base.passes_of(rows)
+        return base.passes_of(await self._fetch(_READ_PASSES, (limit,)))
 
     async def fingerprint_key(self) -> bytes:
         async with self._cursor() as cur:
             # Replicas starting together may both try: the first insert wins, both read it.
-            await cur.execute(
-                "INSERT INTO meta (key, value) VALUES ('fingerprint_key', %s) "
-                "ON CONFLICT (key) DO NOTHING",
-                (secrets.token_bytes(KEY_BYTES),),
-            )
-            await cur.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'")
+            await cur.execute(_KEY_ADDED, (secrets.token_bytes(KEY_BYTES),))
+            await cur.execute(_READ_KEY)
             row = await cur.fetchone()
         assert row is not None
         return bytes(row[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import itertools
 import os
 import secrets
@@ -31,7 +32,6 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from reconciler import logs
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
@@ -132,12 +132,7 @@ class SqliteStore:
         that finds most persons settled never builds theirs."""
 
         def read(db: sqlite3.Connection) -> Ledger:
-            rows = db.execute(
-                "SELECT person_id, remote_id, fingerprint, written, refs, applied_at FROM ledger "
-                "WHERE target = ? ORDER BY person_id",
-                (target,),
-            )
-            return Ledger({row[0]: row for row in rows})
+            return Ledger({row[0]: row for row in db.execute(base.READ_LEDGER, (target,))})
 
         return await self._with_db(read)
 
@@ -158,23 +153,15 @@ class SqliteStore:
         """Ledger entries per target: the persons reconciler owns on each."""
 
         def read(db: sqlite3.Connection) -> dict[str, int]:
-            return dict(db.execute("SELECT target, COUNT(*) FROM ledger GROUP BY target"))
+            return dict(db.execute(base.READ_MANAGED))
 
         return await self._with_db(read)
 
     async def mark_pending(self, target: str, person_ids: Iterable[str]) -> None:
         """Write-ahead: these persons are about to be created; own them before sending."""
-        now = time.time()
-        rows = [(target, pid, now) for pid in person_ids]
+        rows = base.pending_rows(target, person_ids, time.time())
         if rows:
-            await self._transaction(
-                lambda db: _insert(
-                    db,
-                    "INSERT INTO ledger (target, person_id, applied_at) VALUES",
-                    rows,
-                    "ON CONFLICT (target, person_id) DO NOTHING",
-                )
-            )
+            await self._transaction(lambda db: _insert(db, base.PENDING, rows))
 
     async def adopt(self, target: str, remote_ids: Mapping[str, str | None]) -> None:
         """Take persons found on a target into the ledger, on an operator's request.
@@ -182,17 +169,9 @@ class SqliteStore:
         They are owned from now on but their content is unknown (pending), so the next pass
         brings each to its desired state, write-only fields (photos) included.
         """
-        now = time.time()
-        rows = [(target, pid, remote_id, now) for pid, remote_id in remote_ids.items()]
+        rows = base.adopted_rows(target, remote_ids, time.time())
         if rows:
-            await self._transaction(
-                lambda db: _insert(
-                    db,
-                    "INSERT INTO ledger (target, person_id, remote_id, applied_at) VALUES",
-                    rows,
-                    "ON CONFLICT (target, person_id) DO NOTHING",
-                )
-            )
+            await self._transaction(lambda db: _insert(db, base.ADOPTED, rows))
 
     async def record(
         self, target: str, applied: Sequence[LedgerEntry], deleted: Sequence[str] = ()
@@ -203,16 +182,7 @@ class SqliteStore:
 
         def write(db: sqlite3.Connection) -> None:
             # The rows are made here, in the store's thread: the event loop has calls to send.
-            _insert(
-                db,
-                "INSERT INTO ledger (target, person_id, remote_id, fingerprint, written, refs, "
-                "applied_at) VALUES",
-                [base.ledger_row(target, e) for e in applied],
-                "ON CONFLICT (target, person_id) DO UPDATE SET "
-                "remote_id = COALESCE(excluded.remote_id, ledger.remote_id), "
-                "fingerprint = excluded.fingerprint, written = excluded.written, "
-                "refs = excluded.refs, applied_at = excluded.applied_at",
-            )
+            _insert(db, base.LEDGER, [base.ledger_row(target, e) for e in applied])
             _delete(db, "ledger", "person_id", target, deleted)
 
         await self._transaction(write)
@@ -225,13 +195,7 @@ class SqliteStore:
         """The departments we created on a target (kinds with departments)."""
 
         def read(db: sqlite3.Connection) -> dict[str, DepartmentEntry]:
-            return base.departments_of(
-                db.execute(
-                    "SELECT department_id, parent, fingerprint, applied_at FROM department_ledger "
-                    "WHERE target = ? ORDER BY department_id",
-                    (target,),
-                )
-            )
+            return base.departments_of(db.execute(base.READ_DEPARTMENTS, (target,)))
 
         return await self._with_db(read)
 
@@ -241,19 +205,10 @@ class SqliteStore:
         """Confirmed department outcomes, in one transaction."""
         if not applied and not deleted:
             return
-        upserts = [
-            (target, e.department_id, e.parent, e.fingerprint, e.applied_at) for e in applied
-        ]
+        upserts = [base.department_row(target, e) for e in applied]
 
         def write(db: sqlite3.Connection) -> None:
-            _insert(
-                db,
-                "INSERT INTO department_ledger (target, department_id, parent, fingerprint, "
-                "applied_at) VALUES",
-                upserts,
-                "ON CONFLICT (target, department_id) DO UPDATE SET parent = excluded.parent, "
-                "fingerprint = excluded.fingerprint, applied_at = excluded.applied_at",
-            )
+            _insert(db, base.DEPARTMENTS, upserts)
             _delete(db, "department_ledger", "department_id", target, deleted)
 
         await self._transaction(write)
@@ -264,13 +219,7 @@ class SqliteStore:
         """Failed changes of a target waiting out their back-off."""
 
         def read(db: sqlite3.Connection) -> dict[str, Attempt]:
-            return base.attempts_of(
-                db.execute(
-                    "SELECT person_id, fingerprint, failures, next_try, error FROM attempts "
-                    "WHERE target = ?",
-                    (target,),
-                )
-            )
+            return base.attempts_of(db.execute(base.READ_ATTEMPTS, (target,)))
 
         return await self._with_db(read)
 
@@ -280,21 +229,10 @@ class SqliteStore:
         """Failures with their next try; a success clears the person's attempt."""
         if not failed and not succeeded:
             return
-        rows = [
-            (target, a.person_id, a.fingerprint, a.failures, a.next_try, logs.redact(a.error))
-            for a in failed
-        ]
+        rows = [base.attempt_row(target, a) for a in failed]
 
         def write(db: sqlite3.Connection) -> None:
-            _insert(
-                db,
-                "INSERT INTO attempts (target, person_id, fingerprint, failures, next_try, error) "
-                "VALUES",
-                rows,
-                "ON CONFLICT (target, person_id) DO UPDATE SET "
-                "fingerprint = excluded.fingerprint, failures = excluded.failures, "
-                "next_try = excluded.next_try, error = excluded.error",
-            )
+            _insert(db, base.ATTEMPTS, rows)
             _delete(db, "attempts", "person_id", target, succeeded)
 
         await self._transaction(write)
@@ -305,12 +243,7 @@ class SqliteStore:
         """Targets that are failing or quarantined (core.quarantine); the rest are healthy."""
 
         def read(db: sqlite3.Connection) -> dict[str, Health]:
-            return base.health_of(
-                db.execute(
-                    "SELECT target, failing_passes, since, until, quarantines, error "
-                    "FROM target_health ORDER BY target"
-                )
-            )
+            return base.health_of(db.execute(base.READ_HEALTH))
 
         return await self._with_db(read)
 
@@ -319,24 +252,9 @@ class SqliteStore:
 
         def write(db: sqlite3.Connection) -> None:
             if health.healthy:
-                db.execute("DELETE FROM target_health WHERE target = ?", (target,)).close()
-                return
-            db.execute(
-                "INSERT INTO target_health "
-                "(target, failing_passes, since, until, quarantines, error) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
-                "failing_passes = excluded.failing_passes, since = excluded.since, "
-                "until = excluded.until, quarantines = excluded.quarantines, "
-                "error = excluded.error",
-                (
-                    target,
-                    health.failing_passes,
-                    health.since,
-                    health.until,
-                    health.quarantines,
-                    logs.redact(health.error),
-                ),
-            ).close()
+                db.execute(base.FORGET_HEALTH, (target,)).close()
+            else:
+                db.execute(base.HEALTH.statement(), base.health_row(target, health)).close()
 
         await self._transaction(write)
 
@@ -346,24 +264,15 @@ class SqliteStore:
         """The target's last settled plan as remembered; None when there is none."""
 
         def read(db: sqlite3.Connection) -> Settled | None:
-            row = db.execute(
-                "SELECT key, plan, expires_at FROM settled_plans WHERE target = ?", (target,)
-            ).fetchone()
+            row = db.execute(base.READ_SETTLED, (target,)).fetchone()
             return base.settled_of(row) if row is not None else None
 
         return await self._with_db(read)
 
     async def remember_settled(self, target: str, settled: Settled) -> None:
         """Keep a settled plan in place of the target's last one."""
-        row = (target, settled.key, orjson.dumps(settled.plan).decode(), settled.expires_at)
-        await self._transaction(
-            lambda db: db.execute(
-                "INSERT INTO settled_plans (target, key, plan, expires_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (target) DO UPDATE SET key = excluded.key, plan = excluded.plan, "
-                "expires_at = excluded.expires_at",
-                row,
-            ).close()
-        )
+        row = base.settled_row(target, settled)
+        await self._transaction(lambda db: db.execute(base.SETTLED.statement(), row).close())
 
     # -- passes ---------------------------------------------------------------------------
 
@@ -373,7 +282,7 @@ class SqliteStore:
                 "INSERT INTO passes (started_at, mode) VALUES (?, ?)", (time.time(), mode)
             )
             assert cursor.lastrowid is not None
-            db.execute("DELETE FROM passes WHERE id <= ?", (cursor.lastrowid - base.PASSES_KEPT,))
+            db.execute(base.PASSES_PRUNED, (cursor.lastrowid - base.PASSES_KEPT,))
             return cursor.lastrowid
 
         return await self._transaction(write)
@@ -387,29 +296,12 @@ class SqliteStore:
         summary: Mapping[str, Any],
         error: str | None = None,
     ) -> None:
-        await self._transaction(
-            lambda db: db.execute(
-                "UPDATE passes SET finished_at = ?, result = ?, plan_fingerprint = ?, "
-                "summary = ?, error = ? WHERE id = ?",
-                (
-                    time.time(),
-                    result,
-                    plan_fingerprint,
-                    orjson.dumps(logs.redact(summary)).decode(),
-                    logs.redact(error),
-                    pass_id,
-                ),
-            ).close()
-        )
+        row = base.finished_row(pass_id, time.time(), result, plan_fingerprint, summary, error)
+        await self._transaction(lambda db: db.execute(base.PASSES_FINISHED, row).close())
 
     async def passes(self, limit: int = 20) -> list[PassRecord]:
         def read(db: sqlite3.Connection) -> list[PassRecord]:
-            rows = db.execute(
-                "SELECT id, started_at, finished_at, mode, result, plan_fingerprint, summary, "
-                "error FROM passes ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-            return base.passes_of(rows)
+            return base.passes_of(db.execute(base.READ_PASSES, (limit,)))
 
         return await self._with_db(read)
 
@@ -419,18 +311,11 @@ class SqliteStore:
         """The installation's key for keyed fingerprints; made once, kept with the ledger."""
 
         def read_or_make(db: sqlite3.Connection) -> bytes:
-            row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()
-            if row is not None:
-                return bytes(row[0])
-            key = secrets.token_bytes(KEY_BYTES)
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('fingerprint_key', ?) "
-                "ON CONFLICT (key) DO NOTHING",
-                (key,),
-            )
-            return bytes(
-                db.execute("SELECT value FROM meta WHERE key = 'fingerprint_key'").fetchone()[0]
-            )
+            row = db.execute(base.READ_KEY).fetchone()
+            if row is None:
+                db.execute(base.KEY_ADDED, (secrets.token_bytes(KEY_BYTES),)).close()
+                row = db.execute(base.READ_KEY).fetchone()
+            return bytes(row[0])
 
         return await self._transaction(read_or_make)
 
@@ -587,16 +472,17 @@ def _statements(script: str) -> Iterator[str]:
 ROWS_PER_STATEMENT = 100
 
 
-def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str) -> None:
-    """`head` ("INSERT INTO t (a, b) VALUES") with the rows as VALUES, then `tail` (ON
-    CONFLICT ...), ROWS_PER_STATEMENT rows to a statement."""
-    if not rows:
-        return
-    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+def _insert(db: sqlite3.Connection, upsert: base.Upsert, rows: Sequence[tuple[Any, ...]]) -> None:
+    """The rows, ROWS_PER_STATEMENT to a statement."""
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
         values = list(itertools.chain.from_iterable(chunk))
-        db.execute(f"{head} {', '.join([one] * len(chunk))} {tail}", values).close()
+        db.execute(_statement(upsert, len(chunk)), values).close()
+
+
+@functools.lru_cache(maxsize=64)
+def _statement(upsert: base.Upsert, rows: int) -> str:
+    return upsert.statement(rows)
 
 
 def _delete(db: sqlite3.Connection, table: str, key: str, target: str, ids: Sequence[str]) -> None:

@@ -21,6 +21,7 @@ from typing import Literal
 import structlog
 
 from reconciler import executor, logs, provenance
+from reconciler.heap import collector_paused, heap_frozen
 from reconciler.app import App
 from reconciler.core import attempts, changes, planning, quarantine, safety
 from reconciler.core.changes import Plan, TargetPlan
@@ -30,7 +31,6 @@ from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.core.records import Hasher
 from reconciler.errors import StoreError, TargetError
 from reconciler.executor import TargetReport
-from reconciler.sources.yamlfile import collector_paused, heap_frozen
 from reconciler.store.base import Settled
 from reconciler.targets.base import Feed, Target
 

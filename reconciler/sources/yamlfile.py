@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import difflib
-import gc
 import hashlib
 import os
 import re
@@ -39,6 +38,7 @@ from reconciler.core.persons import (
 )
 from reconciler.core.records import Hasher, desired_digest
 from reconciler.errors import DesiredError, Problem
+from reconciler.heap import collector_paused
 from reconciler.sources import document as doc
 from reconciler.sources.parsed import PERSON_FIELDS, Content, Key, ParsedCache, PhotoSeen
 
@@ -258,32 +258,6 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(
     _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """The cyclic collector off for a while, for work that builds a great many objects that all
-    survive (parsing, reading and planning snapshots): collections would only rescan them, again
-    and again, as they grow. Re-entrant: only the outermost pause resumes it."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@contextlib.contextmanager
-def heap_frozen() -> Iterator[None]:
-    """What exists now (the desired state, the plan, the snapshots) left out of the collector's
-    scans for a while (gc.freeze), for work that allocates briskly beside a large heap: applying
-    a plan. The collector still runs, over what is new; afterwards it sees everything again."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _walk(root: Node | None, path: KeyPath, *, key: bool) -> tuple[Node | None, bool]:

@@ -21,7 +21,6 @@ from typing import Literal
 import structlog
 
 from reconciler import executor, logs, provenance
-from reconciler.heap import collector_paused, heap_frozen
 from reconciler.app import App
 from reconciler.core import attempts, changes, planning, quarantine, safety
 from reconciler.core.changes import Plan, TargetPlan
@@ -31,6 +30,7 @@ from reconciler.core.quarantine import HEALTHY, Health
 from reconciler.core.records import Hasher
 from reconciler.errors import StoreError, TargetError
 from reconciler.executor import TargetReport
+from reconciler.heap import collector_paused, heap_frozen
 from reconciler.store.base import Settled
 from reconciler.targets.base import Feed, Target
 
@@ -87,11 +87,11 @@ async def plan(
         if backoff and record.quarantined(time.time()):
             log.info("target.quarantined", target=name, until=record.until, error=record.error)
             return TargetPlan(target=name, kind=spec.kind.name, health=record, quarantined=True)
-        recalled = observed = None
+        recalled = observed = version = None
         try:
             feed = await target.feed() if spec.kind.can_list else None
             if feed is not None and recall and desired.digest:
-                recalled = await _recall(app, target, desired, feed, only)
+                recalled, version = await _recall(app, target, desired, feed, only)
             if recalled is None and spec.kind.can_list:
                 observed = await target.observe()
         except TargetError as exc:
@@ -101,7 +101,7 @@ async def plan(
             computed = recalled
         else:
             async with planning_turn:
-                computed = await _compute(app, target, desired, observed, only)
+                computed = await _compute(app, target, desired, observed, only, version)
             if feed is not None and desired.digest:
                 await _remember(app, target, desired, feed, only, computed)
         checked = safety.check(computed, target.settings.delete_limit, in_scope=computed.in_scope)
@@ -147,14 +147,19 @@ async def _compute(
     desired: Desired,
     observed: Observed | None,
     only: Collection[str] | None,
+    version: Hashable | None = None,
 ) -> TargetPlan:
     """planning.compute() for one target, or the last plan when nothing it depends on changed:
     the same desired state, an equal observed snapshot (the very object, or the same digest),
-    the same ledger (by the store's version token). A kind that cannot list plans with the
-    clock (its re-push is due by time), so it is always computed."""
+    the same ledger (by the store's version token; `version` when one was read already, before
+    the target was). A kind that cannot list plans with the clock (its re-push is due by time),
+    so it is always computed."""
     name, spec = target.spec.name, target.spec
     scope = frozenset(only) if only is not None else None
-    version = await app.store.ledger_version(name) if observed is not None else None
+    if observed is None:
+        version = None
+    elif version is None:
+        version = await app.store.ledger_version(name)
     last = _last.get(target)
     baseline = None
     # The ledger, the scope and the key as then: the last plan still speaks for the persons
@@ -242,27 +247,28 @@ def _settled_key(
 
 async def _recall(
     app: App, target: Target, desired: Desired, feed: Feed, only: Collection[str] | None
-) -> TargetPlan | None:
+) -> tuple[TargetPlan | None, Hashable | None]:
     """The target's last settled plan when everything it was made from is as then and the feed
-    is still trusted; None otherwise (then the target is read and planned). A store that
-    cannot say is a miss: planning then reads the ledger and says what is wrong."""
+    is still trusted, else None (then the target is read and planned); and the ledger version
+    read, which planning then keys on. A store that cannot say is a miss: planning then reads
+    the ledger and says what is wrong."""
     name = target.spec.name
     try:
         version = await app.store.ledger_version(name)
         settled = await app.store.settled(name)
     except StoreError:
-        return None
+        return None, None
     if (
         settled is None
         or settled.key != _settled_key(app, target, desired, feed, version, only)
         or time.time() >= settled.expires_at
     ):
-        return None
+        return None, version
     recalled = changes.settled_plan(settled.plan)
     if recalled is None or recalled.target != name or recalled.kind != target.spec.kind.name:
-        return None
+        return None, version
     log.info("plan.recalled", target=name, until=settled.expires_at)
-    return recalled
+    return recalled, version
 
 
 async def _remember(

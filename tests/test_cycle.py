@@ -189,6 +189,36 @@ async def test_a_device_edit_is_not_recalled_over(
     ]
 
 
+async def test_a_missed_recall_reads_the_ledger_version_once_and_keys_on_it(
+    tmp_path: Path,
+    opened: App,
+    nebula: NebulaPassSimulator,
+    computed: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await settled_then_recalled(tmp_path, opened, nebula, computed)
+    versions: list[str] = []
+    read = SqliteStore.ledger_version
+
+    async def counted(store: SqliteStore, target: str) -> int:
+        versions.append(target)
+        return await read(store, target)
+
+    monkeypatch.setattr(SqliteStore, "ledger_version", counted)
+    async with process(tmp_path) as app:
+        missed = await cycle.plan(app, only=["1"], recall=True)  # a new scope: a miss
+    assert computed == ["lobby"]
+    assert versions == ["lobby"]  # by the recall, not again by planning
+    assert not missed.has_changes
+    # What the miss remembered is keyed on that version: the next command recalls it.
+    nebula.log.clear()
+    async with process(tmp_path) as app:
+        again = await cycle.plan(app, only=["1"], recall=True)
+    assert computed == ["lobby"]
+    assert nebula.log.count(route=LISTING) == 0
+    assert again.targets == missed.targets
+
+
 async def test_a_ledger_write_by_any_process_is_not_recalled_over(
     tmp_path: Path, opened: App, nebula: NebulaPassSimulator, computed: list[str]
 ) -> None:

@@ -33,30 +33,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from reconciler import provenance
 from reconciler.core import persons, records
+from reconciler.sources import document
 
-#: A person as the cache keeps it, in this order; valid_from / valid_until are ISO 8601 text
-#: (which datetime.fromisoformat reads back exactly), `photo` the path as written in the file.
-PERSON_FIELDS = (
-    "id",
-    "name",
-    "type",
-    "job_number",
-    "email",
-    "phone",
-    "department",
-    "groups",
-    "card",
-    "id_number",
-    "pin",
-    "admin",
-    "remark",
-    "valid_from",
-    "valid_until",
-    "photo",
-    "labels",
-    "protected",
-    "line",
-)
+#: A person as the cache keeps it: the fields of a person's entry in the file, in order, and
+#: the line it starts on. valid_from / valid_until are ISO 8601 text (which
+#: datetime.fromisoformat reads back exactly), `photo` the path as written in the file.
+PERSON_FIELDS = (*document.Person.model_fields, "line")
 #: Bump when the meaning of an entry changes in a way the code digest below cannot see.
 _FORMAT = b"reconciler parsed desired file 1"
 _MAGIC = b"RPD1"

@@ -4,12 +4,13 @@ to its folder, and keeps no secret, pin or id number in the state directory in c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
 import textwrap
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.core import records
+from reconciler.core.persons import Origin, Person, Photo
 from reconciler.core.records import Hasher
 from reconciler.errors import DesiredError, Problem
-from reconciler.sources import parsed, yamlfile
-from reconciler.sources.parsed import ParsedCache, PhotoSeen
+from reconciler.sources import document, parsed, sql, yamlfile
+from reconciler.sources.parsed import PERSON_FIELDS, ParsedCache, PhotoSeen
 from reconciler.sources.yamlfile import Loaded, load
 
 HASHER = Hasher(b"test-key")
@@ -665,3 +667,41 @@ def test_persons_are_built_when_first_looked_at_and_read_as_a_sorted_dict() -> N
     assert persons == plain.desired.persons
     assert [p.name for p in persons.values()] == ["A", "B", "C"]
     assert len(persons) == 3
+
+
+def test_every_description_of_a_person_names_the_same_fields() -> None:
+    """The file's model, the core's dataclass, the fingerprinted document, the cache's rows and
+    the SQL reader's columns each list a person's fields their own way (for speed): a field
+    added to one must reach all of them, and `to_core` must carry every one."""
+    declared = tuple(document.Person.model_fields)
+    core = tuple(f.name for f in dataclasses.fields(Person) if f.name != "origin")
+    assert core == declared
+    assert (*declared, "line") == PERSON_FIELDS
+    assert declared == sql.COLUMNS
+    every = document.Person(
+        id="p1",
+        name="Every Field",
+        type="visitor",
+        job_number="J1",
+        email="e@example.com",
+        phone="1",
+        department="D1",
+        groups=["g"],
+        card="C1",
+        id_number="X1",
+        pin="1234",
+        admin=True,
+        remark="r",
+        valid_from=datetime(2030, 1, 1, tzinfo=UTC),
+        valid_until=datetime(2031, 1, 1, tzinfo=UTC),
+        photo="face.jpg",
+        labels={"site": "hq"},
+        protected=True,
+    )
+    assert every.model_fields_set == set(declared)
+    photo = Photo(path="/face.jpg", digest="sha256:00", media_type="image/jpeg", size=1)
+    person = every.to_core(photo=photo, origin=Origin(source="desired.yaml", line=3))
+    shown = records.person_document(person)
+    assert tuple(shown) == declared
+    blank = records.person_document(Person(id="p1", name="Every Field"))
+    assert [name for name in declared if shown[name] == blank[name]] == ["id", "name"]

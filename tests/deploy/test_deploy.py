@@ -1,12 +1,14 @@
 """deploy/: the systemd unit passes `systemd-analyze verify`, the Kubernetes manifests parse, probe
 the right endpoints and carry a valid desired state, the PostgreSQL overlay makes two replicas of
 them, the env example names every setting, and the Dockerfile runs as non-root with a health
-check and a state volume. The Dockerfile is checked as text only: there is no Docker engine here,
-so the image cannot be built in tests.
+check and a state volume. There is no Docker engine here, so the image cannot be built in tests:
+the Dockerfile is checked as text, and its health check is run against the daemon's endpoints.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
@@ -19,6 +21,10 @@ import pytest
 import yaml
 
 from reconciler import app
+from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.server import make_app, start
+from reconciler.daemon.status import Status
+from reconciler.daemon.trigger import Trigger
 from reconciler.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -310,3 +316,35 @@ def test_the_dockerfile_runs_as_non_root_with_a_healthcheck_and_a_state_volume()
         "RECONCILER_LOG_FORMAT=json",
     ):
         assert setting in environment.split(), setting
+
+
+def healthcheck_command() -> list[str]:
+    """The image's HEALTHCHECK command (exec form), with this interpreter as its python."""
+    (healthcheck,) = [rest for name, rest in dockerfile_instructions() if name == "HEALTHCHECK"]
+    command = json.loads(healthcheck.partition(" CMD ")[2])
+    assert command[0] == "python"
+    return [sys.executable, *command[1:]]
+
+
+async def run_healthcheck(listen: str) -> int:
+    process = await asyncio.create_subprocess_exec(
+        *healthcheck_command(),
+        env={"PATH": os.environ.get("PATH", ""), "RECONCILER_LISTEN": listen},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(process.wait(), timeout=20)
+
+
+async def test_the_images_healthcheck_passes_on_the_daemons_healthz_and_fails_without_it() -> None:
+    """The image cannot be built here (no Docker engine), but its health check is Python of its
+    own: run as the image runs it, against the daemon's own endpoints on the port that
+    RECONCILER_LISTEN names."""
+    status, trigger, metrics = Status(interval=60.0, dry_run=False), Trigger(), Metrics()
+    listening = await start(make_app(status, trigger, metrics, webhook_secret=None), "127.0.0.1:0")
+    port = listening.url.rpartition(":")[2]
+    try:
+        assert await run_healthcheck(f"0.0.0.0:{port}") == 0
+    finally:
+        await listening.close()
+    assert await run_healthcheck(f"0.0.0.0:{port}") != 0  # nothing listens there now

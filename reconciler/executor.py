@@ -415,6 +415,9 @@ async def _record(
         by_action[action.value] = by_action.get(action.value, 0) + count
     report.applied += len(done)
     for start in range(0, len(done), LINES_PER_STEP):
+        # A request begun while the store wrote, or while the last lines were logged and the
+        # responses that came in meanwhile were read, is written first.
+        await after_writes()
         logs.change_lines(
             "reconciler.executor",
             "change.applied",
@@ -422,7 +425,6 @@ async def _record(
             target=name,
         )
         await asyncio.sleep(0)  # a response that arrived meanwhile goes first
-        await after_writes()  # and the request its slot sent next
     for outcome in failed:
         _failed(
             name, report, outcome.change, outcome.error or "failed", retryable=outcome.retryable

@@ -15,6 +15,7 @@ from reconciler import executor, logs
 from reconciler.core.changes import Action, Change, Reason, TargetPlan
 from reconciler.errors import StoreError, TemporaryTargetError
 from reconciler.store.sqlite import SqliteStore
+from reconciler.targets import base as targets_base
 from reconciler.targets.base import Outcome, pipelined, writes_pending
 
 
@@ -160,7 +161,7 @@ async def test_the_ledger_waits_for_requests_just_sent_to_be_written(
     """Sends go first: while a request of any target may not be written out yet, the executor
     neither records nor logs (it would hold the write back while a slot stands idle). A device
     that answers at once meets the recording as it starts; one that takes a while meets its
-    change lines."""
+    change lines; a request begun while the store wrote meets the first of them."""
     store = await SqliteStore.open(tmp_path / "store.sqlite3")
     changes = tuple(
         Change(action=Action.CREATE, person_id=f"{n:04d}", reason=Reason.NEW, fingerprint="f")
@@ -172,6 +173,9 @@ async def test_the_ledger_waits_for_requests_just_sent_to_be_written(
     async def watched(*args: object, **kwargs: object) -> None:
         recorded_while_pending.append(writes_pending())
         await record(*args, **kwargs)  # type: ignore[arg-type]
+        # A slot's next request begins as the store's thread hands back (as pipelined marks
+        # one): the lines of what was just recorded wait for its write too.
+        targets_base._writes().begun(asyncio.get_running_loop())
 
     class Door:
         async def apply(

@@ -74,6 +74,8 @@ class SophonSightSimulator(Simulator):
       parent or photo is unknown), 2003 a conflict (department cycle, or deleting a department
       that still has users or sub-departments). `auth_http_status` (default 200) changes the HTTP
       status of the 1001/1002 answers, e.g. to 401, for clients that must handle both.
+      `messages` replaces the text of a refusal code: the platform may word it otherwise, or in
+      Chinese ("appkey不存在"), and the adapter must still tell what it means.
     - Checks run in this order: body is a JSON object, appkey, token, time, then the fields.
     - `syncuser/addOrEdit` replaces the whole user: an omitted optional field is stored as "",
       and an omitted or empty `facePicture` deletes the photo on an edit (stated for empty) and
@@ -107,6 +109,8 @@ class SophonSightSimulator(Simulator):
         self.time_window = time_window
         self.auth_http_status = auth_http_status
         self.clock = clock
+        #: Refusal code -> the message text answered in place of the simulator's own.
+        self.messages: dict[int, str] = {}
         #: thirdId -> {"id", "name", "thirdId", "thirdParentId"}.
         self.departments: dict[str, dict[str, str]] = {}
         #: thirdId -> {"id", "thirdId", "name", "jobNumber", "mail", "phone", "thirdDeptId",
@@ -171,7 +175,7 @@ class SophonSightSimulator(Simulator):
                     None,
                     http_status=self.auth_http_status if auth else 200,
                     status=refused.status,
-                    message=refused.message,
+                    message=self.messages.get(refused.status, refused.message),
                 )
 
         return checked

@@ -88,12 +88,15 @@ UNSUPPORTED_TYPES = {
     ),
 }
 
+# The words stand alone among Latin letters only: \b would need a non-word character after
+# them, and a Chinese message runs straight on ("appkey不存在", "time过期").
 #: Refusals that mean the request signature was not accepted: appkey or secret are wrong.
 _AUTH_MESSAGE = re.compile(
-    r"\b(token|appkey|app key|sign|signature|secret)\b|认证|签名|令牌", re.IGNORECASE
+    r"(?<![a-z])(token|appkey|app key|sign|signature|secret)(?![a-z])|认证|签名|令牌",
+    re.IGNORECASE,
 )
 #: Refusals about `time`: this host's clock is too far from the platform's.
-_CLOCK_MESSAGE = re.compile(r"\btime\b|时间", re.IGNORECASE)
+_CLOCK_MESSAGE = re.compile(r"(?<![a-z])time(?![a-z])|时间", re.IGNORECASE)
 #: Refusals that name the photo: a kept photoId the platform no longer knows.
 _PHOTO_MESSAGE = re.compile(r"pic|photo|face|图片|照片", re.IGNORECASE)
 

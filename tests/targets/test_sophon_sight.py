@@ -19,7 +19,12 @@ from reconciler.core.persons import Department, Desired, Person, PersonType, Pho
 from reconciler.core.records import Invalid
 from reconciler.errors import PermanentTargetError, TargetError
 from reconciler.simulators.base import serve
-from reconciler.simulators.sophon_sight import SophonSightSimulator
+from reconciler.simulators.sophon_sight import (
+    APPKEY_ERROR,
+    TIME_ERROR,
+    TOKEN_ERROR,
+    SophonSightSimulator,
+)
 from reconciler.targets import sophon_sight
 from reconciler.targets.http import Backoff, Response
 from reconciler.targets.sophon_sight import SophonSight
@@ -511,12 +516,22 @@ async def test_a_refused_person_fails_alone_and_permanently(
     assert sim.users["1"]["name"] == "renamed"
 
 
+#: The platform's wording is undocumented: it may answer in Chinese, straight after the word.
+CHINESE = {APPKEY_ERROR: "appkey不存在", TOKEN_ERROR: "token错误", TIME_ERROR: "time过期"}
+
+
+@pytest.mark.parametrize("messages", [{}, CHINESE], ids=["simulator's", "chinese"])
 @pytest.mark.parametrize("auth_http_status", [200, 401])
 @pytest.mark.parametrize("wrong", ["secret", "appkey"])
 async def test_wrong_credentials_stop_the_target_with_a_clear_error(
-    make_target: MakeTarget, sim: SophonSightSimulator, auth_http_status: int, wrong: str
+    make_target: MakeTarget,
+    sim: SophonSightSimulator,
+    auth_http_status: int,
+    wrong: str,
+    messages: dict[int, str],
 ) -> None:
     sim.auth_http_status = auth_http_status
+    sim.messages.update(messages)
     bad_secret = "not-the-secret-42"
     target = make_target(**({"secret": bad_secret} if wrong == "secret" else {"appkey": "nope"}))
     sync = Sync(target)
@@ -533,9 +548,11 @@ async def test_wrong_credentials_stop_the_target_with_a_clear_error(
     assert sim.users == {}
 
 
+@pytest.mark.parametrize("messages", [{}, CHINESE], ids=["simulator's", "chinese"])
 async def test_a_clock_far_from_the_platform_stops_the_target(
-    sim_url: str, sim: SophonSightSimulator
+    sim_url: str, sim: SophonSightSimulator, messages: dict[int, str]
 ) -> None:
+    sim.messages.update(messages)
     settings = sophon_sight.Settings(url=sim_url, appkey=APPKEY, secret=SECRET)
     target = SophonSight("skewed", settings, backoff=FAST, clock=lambda: time.time() - 3600)
     try:

@@ -8,10 +8,11 @@ exception is a bug and keeps its traceback. I/O: terminal, files, and what the c
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from enum import IntEnum
 from pathlib import Path
@@ -74,8 +75,59 @@ class Options:
         self.targets = targets
         self.only = frozenset(only) or None
 
+    def and_then(
+        self, file: Path | None, targets: tuple[str, ...], only: tuple[str, ...]
+    ) -> Options:
+        """These options with those given after the command: a file replaces the one before,
+        targets and persons add to theirs."""
+        given = copy.copy(self)
+        if file is not None:
+            given.file = file
+        given.targets = tuple(dict.fromkeys((*self.targets, *targets)))
+        if only:
+            given.only = (self.only or frozenset()) | frozenset(only)
+        return given
 
-common = click.make_pass_decorator(Options)
+
+_FILE_HELP = "Desired-state file or directory [default: $RECONCILER_DESIRED or ./desired.yaml]"
+_TARGET_HELP = "Only this target (repeatable)."
+_ONLY_HELP = "Only this person id (repeatable)."
+_LOG_FORMAT = click.Choice(["auto", "json", "console"])
+_LOG_FORMAT_HELP = "Logs on stderr: JSON lines, or console text on a terminal [default: auto]."
+
+
+def common(command: Callable[..., int]) -> Callable[..., int]:
+    """Pass the common options to a command, which takes them after its name too, as people
+    write them (`reconciler plan --target lobby`) and before it (`reconciler --target lobby
+    plan`)."""
+
+    def given(
+        options: Options,
+        *args: Any,
+        after_file: Path | None,
+        after_targets: tuple[str, ...],
+        after_only: tuple[str, ...],
+        after_log_format: str | None,
+        **kwargs: Any,
+    ) -> int:
+        if after_log_format is not None:
+            logs.configure(after_log_format)  # type: ignore[arg-type]
+        return command(options.and_then(after_file, after_targets, after_only), *args, **kwargs)
+
+    # Click names the command and shows its help from these.
+    given.__name__, given.__doc__ = command.__name__, command.__doc__
+    # The command's own options stay its own; the common ones join them.
+    given.__click_params__ = list(getattr(command, "__click_params__", []))  # type: ignore[attr-defined]
+    path = click.Path(path_type=Path)
+    passed: Callable[..., int] = click.pass_obj(given)
+    for option in (
+        click.option("--log-format", "after_log_format", type=_LOG_FORMAT, help=_LOG_FORMAT_HELP),
+        click.option("--only", "after_only", multiple=True, help=_ONLY_HELP),
+        click.option("--target", "after_targets", multiple=True, help=_TARGET_HELP),
+        click.option("-f", "--file", "after_file", type=path, help=_FILE_HELP),
+    ):
+        passed = option(passed)
+    return passed
 
 
 def echo(message: str = "", *, err: bool = False) -> None:
@@ -84,20 +136,10 @@ def echo(message: str = "", *, err: bool = False) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option(
-    "-f",
-    "--file",
-    type=click.Path(path_type=Path),
-    help="Desired-state file or directory [default: $RECONCILER_DESIRED or ./desired.yaml]",
-)
-@click.option("--target", "targets", multiple=True, help="Only this target (repeatable).")
-@click.option("--only", multiple=True, help="Only this person id (repeatable).")
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "json", "console"]),
-    default=None,
-    help="Logs on stderr: JSON lines, or console text on a terminal [default: auto].",
-)
+@click.option("-f", "--file", type=click.Path(path_type=Path), help=_FILE_HELP)
+@click.option("--target", "targets", multiple=True, help=_TARGET_HELP)
+@click.option("--only", multiple=True, help=_ONLY_HELP)
+@click.option("--log-format", type=_LOG_FORMAT, default=None, help=_LOG_FORMAT_HELP)
 @click.version_option(package_name="reconciler")
 @click.pass_context
 def cli(
@@ -194,28 +236,20 @@ def apply(
 
 
 @cli.command()
-@click.option(
-    "--target",
-    "adopt_targets",
-    multiple=True,
-    required=True,
-    help="Adopt on this target (repeatable).",
-)
-@click.option("--only", "adopt_only", multiple=True, help="Only this person id (repeatable).")
 @click.option("--yes", is_flag=True, help="Adopt without asking (required without a terminal).")
 @common
-def adopt(
-    options: Options, adopt_targets: tuple[str, ...], adopt_only: tuple[str, ...], yes: bool
-) -> int:
-    """Take persons already on a target, whose ids are desired, into reconciler's ownership.
+def adopt(options: Options, yes: bool) -> int:
+    """Take persons already on a target (--target, required), whose ids are desired, into
+    reconciler's ownership; --only narrows them.
 
     Only the ledger changes. From then on they are kept in their desired state and, once
     removed from it, deleted. Persons nobody declares stay foreign and untouched.
     """
+    if not options.targets:
+        raise UsageError("adopt needs --target NAME: the target whose persons to take in")
     if not yes and not sys.stdin.isatty():
         raise UsageError("adopt needs --yes when it is not run from a terminal")
-    only = frozenset(adopt_only) | (options.only or frozenset()) or None
-    return asyncio.run(_adopt(options, (*options.targets, *adopt_targets), only, yes=yes))
+    return asyncio.run(_adopt(options, options.targets, options.only, yes=yes))
 
 
 @cli.command()

@@ -466,6 +466,43 @@ async def test_usage_errors_exit_64(site: Site) -> None:
     unknown = await site.run("--target", "nope", "plan")
     assert unknown.code == 64
     assert "no target named nope" in unknown.err
+    untargeted = await site.run("adopt", "--yes")
+    assert untargeted.code == 64
+    assert "adopt needs --target" in untargeted.err
+
+
+async def test_the_common_options_are_taken_after_the_command_too(
+    site: Site, nebula: NebulaPassSimulator
+) -> None:
+    site.write(PERSONS)
+    unknown = await site.run("plan", "--target", "nope")
+    assert unknown.code == 64
+    assert "no target named nope" in unknown.err
+
+    def planned(run: Run) -> list[str]:
+        assert run.code == 2, run.err
+        document = orjson.loads(run.out)
+        return [c["person"] for c in document["targets"]["lobby"]["changes"]]
+
+    json = ("plan", "--json", "--detailed-exitcode")
+    assert planned(await site.run(*json, "--only", "1002")) == ["1002"]
+    # Before and after the command: persons add up, as targets do.
+    assert planned(await site.run("--only", "1001", *json, "--only", "1002")) == ["1001", "1002"]
+    # A file after the command replaces the one before it.
+    elsewhere = site.root / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("desired.yaml", "photos"):
+        (site.root / name).rename(elsewhere / name)
+    assert planned(await site.run("-f", "missing.yaml", *json, "-f", "elsewhere")) == [
+        "1001",
+        "1002",
+    ]
+    assert nebula.log.writes() == 0
+    console = await site.run("apply", "--yes", "-f", "elsewhere", "--log-format", "console")
+    assert console.code == 0, console.err
+    assert "plan.computed" in console.err
+    assert not console.err.lstrip().startswith("{")  # the environment asks for JSON
+    assert set(nebula.users) == {"1001", "1002"}
 
 
 async def test_demo_converges(tmp_path: Path) -> None:

@@ -70,6 +70,8 @@ class NebulaPassSimulator(Simulator):
       list, paging out of range, an invalid single user); 404 + code 404 for an unknown user id;
       but a login with a wrong account or password answers HTTP **200** with code 1000
       "Account Not Exist" / 1001 "Password Wrong", so clients must check both.
+      `error_http_status` (say 200) answers injected faults and routing errors with that HTTP
+      status, the code staying in the body, as the docs warn a device may.
     - Batch calls answer HTTP 200, code 200, `data.errors` a list of
       `{"user_id": str | None, "code": int, "msg": str}`: `user_id` is null when the item had no
       string id; code 400 for an invalid field, 409 "type cannot be changed", 507 "user capacity
@@ -107,6 +109,8 @@ class NebulaPassSimulator(Simulator):
         self.token_ttl = token_ttl
         self.clock = clock
         self.max_users = max_users
+        #: The HTTP status of injected faults and routing errors; None: their code's own.
+        self.error_http_status: int | None = None
         #: user_id -> stored User object, as GET /v1/user/id/{id} answers it.
         self.users: dict[str, dict[str, Any]] = {}
         #: Calls of GET /v2/datasync/clear, which wipes the device: a client must never make one.
@@ -163,7 +167,8 @@ class NebulaPassSimulator(Simulator):
         ]
 
     def error_response(self, status: int, message: str) -> web.Response:
-        return _envelope(None, status=status, code=status, msg=message)
+        http_status = self.error_http_status or status
+        return _envelope(None, status=http_status, code=status, msg=message)
 
     def response_headers(self) -> Mapping[str, str]:
         return {

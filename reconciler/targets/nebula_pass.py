@@ -6,7 +6,9 @@ paged `/v1/user/offset/{o}/limit/{l}` listing (limit <= 100) for the fields. Wri
 names. `type` is immutable on the device, so a type change is a replace (delete, then create).
 Choices on undocumented behaviour [I]: an upsert that omits `avatar` keeps the stored photo, so
 photos are sent only when created or changed (their hash lives in the ledger; the listing is not
-a reliable photo source); an unset guest time is sent as 0. Network I/O through targets.http.
+a reliable photo source); an unset guest time is sent as 0; a body code of 500 or more is the
+device failing (temporary, tried again by the next pass) whatever the HTTP status says. Network
+I/O through targets.http.
 """
 
 from __future__ import annotations
@@ -631,9 +633,12 @@ class NebulaPass(HttpTarget[Settings]):
             if code == 404 and missing_ok:
                 return response, None
             message = str(envelope.get("msg", ""))[:200]
-            raise PermanentTargetError(
-                self.name, f"{method} {path}: HTTP {response.status}, code {code}: {message}"
-            )
+            detail = f"{method} {path}: HTTP {response.status}, code {code}: {message}"
+            if isinstance(code, int) and code >= 500:
+                # The device failed (500 Internal Server Error), though its HTTP status may
+                # say 200: worth trying again, as an HTTP 5xx is.
+                raise TemporaryTargetError(self.name, detail)
+            raise PermanentTargetError(self.name, detail)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _envelope(self, response: Response) -> dict[str, Any]:

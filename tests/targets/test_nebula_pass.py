@@ -227,6 +227,32 @@ async def test_temporary_failures_are_retried(
     assert observed.persons == {}
 
 
+@pytest.mark.parametrize(
+    ("http_status", "attempts"),
+    # An HTTP 500 is retried at once (FAST: 4 attempts); a body's code 500, by the next pass.
+    [(None, FAST.attempts), (200, 1)],
+    ids=["in HTTP too", "only in the body"],
+)
+async def test_a_device_failing_internally_fails_the_batch_for_another_try(
+    make_target: MakeTarget, nebula: NebulaPassSimulator, http_status: int | None, attempts: int
+) -> None:
+    """Code 500 (Internal Server Error) is the device's failure, not the request's, even when
+    the HTTP status stays 200 (the docs say it may): the batch is tried again, and a later
+    pass takes it."""
+    nebula.error_http_status = http_status
+    sync = Sync(make_target())
+    wanted = desired(person("1"), person("2"))
+    plan = await sync.plan(wanted)
+    nebula.faults.fail_next = [500] * attempts
+    outcomes = await sync.apply(plan)
+    assert [(o.ok, o.retryable) for o in outcomes] == [(False, True), (False, True)]
+    assert "500" in (outcomes[0].error or "")
+    assert nebula.faults.fail_next == []
+    assert nebula.users == {}
+    assert all(o.ok for o in await sync.converge(wanted))
+    assert set(nebula.users) == {"1", "2"}
+
+
 async def test_retries_give_up_with_a_temporary_error(
     make_target: MakeTarget, nebula: NebulaPassSimulator
 ) -> None:

@@ -38,7 +38,7 @@ from reconciler.targets.http import Backoff, HttpTarget, Part, Response, excerpt
 NAME = "siteserver"
 USERS = "/api/v1/users"
 
-FIELDS = ("userName", "displayName", "email", "mobile", "avatar")
+FIELDS = ("userName", "displayName", "email", "mobile", "checked", "avatar")
 KIND = KindSpec(
     name=NAME,
     fields=FIELDS,
@@ -49,6 +49,8 @@ KIND = KindSpec(
 )
 #: Record fields sent as User JSON keys (the same camelCase names).
 PROFILE = ("displayName", "email", "mobile")
+#: The User key of `checked` (approved: the user may log in) in each API version.
+CHECKED_KEY = {6: "isChecked", 7: "checked"}
 #: Column sizes (characters): a longer value is an SQL error (500) on the CMS.
 LIMITS = {"userName": 255, "displayName": 255, "email": 255, "mobile": 20}
 #: `StringUtils.IsMobile`: such a userName also becomes the mobile when none is given.
@@ -107,6 +109,8 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
         # The CMS copies a mobile-like userName into an empty mobile: say so up front, or every
         # pass would plan to clear it again.
         "mobile": person.phone or (person.id if MOBILE.match(person.id) else ""),
+        # Approved: a CMS that reviews registrations creates users who cannot log in.
+        "checked": True,
         "avatar": person.photo.digest if person.photo else "",
     }
     for field, limit in LIMITS.items():
@@ -143,11 +147,14 @@ def observed_user(user: Any, target: str) -> tuple[str, str, Record]:
             "malformed user listing: a user without an integer id and a userName "
             f"(keys: {', '.join(sorted(str(k) for k in user)[:12])})",
         )
+    # A release without the key says nothing to approve.
+    checked = user.get("isChecked", user.get("checked", True))
     record = {
         "userName": user_name,
         "displayName": _text(user.get("displayName")),
         "email": _text(user.get("email")),
         "mobile": _text(user.get("mobile")),
+        "checked": checked is True or str(checked).lower() == "true",
     }
     return user_name, str(user_id), record
 
@@ -169,6 +176,10 @@ class SiteServer(HttpTarget[Settings]):
       number and no phone is given: the CMS does that itself on create), avatar <- photo
       (write-only: its digest). 6.x custom user-style fields exist only where configured and
       are left alone; so are gender, birthday, bio and the rest.
+    - Approval: every user is kept approved (6.x `isChecked`, 7.x `checked`): a CMS that
+      reviews registrations creates users unapproved, who cannot log in, so a create whose
+      answer says so is followed by the update that approves it, and a user a reviewer turns
+      back is approved again by the next pass. A listing without the key has nothing to approve.
     - Groups: 7.x takes group names (through group_map) on create only; no API call changes a
       user's groups later, so later group changes are not synced. 6.x has one `groupId` that
       registration zeroes: groups are not sent.
@@ -200,6 +211,7 @@ class SiteServer(HttpTarget[Settings]):
             backoff=backoff,
         )
         self._v6 = settings.api_version == 6
+        self._checked = CHECKED_KEY[settings.api_version]
         #: userName -> the CMS's id, from the latest listing and our own writes since.
         self._ids: dict[str, str] = {}
         #: userName -> the User object last seen (7.x read-modify-write).
@@ -281,7 +293,19 @@ class SiteServer(HttpTarget[Settings]):
         response = await self._call("POST", USERS, json=body)
         if response.status != 200:
             return self._refusal(change, response, creating=True)
-        remote_id = self._remember(self._user(response))
+        created = self._user(response)
+        remote_id = self._remember(created)
+        if created.get(self._checked) is False:
+            # The CMS reviews registrations: approve the user, as an update would.
+            failed = await self._write_profile(change, remote_id, {self._checked: True})
+            if failed is not None:
+                return Outcome(
+                    change=change,
+                    ok=False,
+                    remote_id=remote_id,
+                    error=f"created as CMS id {remote_id}, but not approved ({failed.error}); "
+                    "the next pass approves it",
+                )
         if photo is not None and data is not None:
             failed = await self._upload(change, remote_id, photo, data)
             if failed is not None:
@@ -305,14 +329,12 @@ class SiteServer(HttpTarget[Settings]):
         photo = change.person.photo
         data = await self._read(photo) if photo is not None and "avatar" in changed else None
         profile: dict[str, Any] = {k: change.record[k] for k in PROFILE if k in changed}
+        if "checked" in changed:
+            profile[self._checked] = change.record["checked"]
         if "avatar" in changed and photo is None:
             profile["avatarUrl"] = ""  # back to the default avatar
         if profile:
-            failed = await (
-                self._put_v6(change, remote_id, profile)
-                if self._v6
-                else self._update_v7(change, remote_id, profile)
-            )
+            failed = await self._write_profile(change, remote_id, profile)
             if failed is not None:
                 return failed
         if photo is not None and data is not None:
@@ -346,6 +368,14 @@ class SiteServer(HttpTarget[Settings]):
         return Outcome(change=change, ok=True)
 
     # -- the calls --------------------------------------------------------------------------
+
+    async def _write_profile(
+        self, change: Change, remote_id: str, profile: dict[str, Any]
+    ) -> Outcome | None:
+        """User keys to change (User JSON names); None when the CMS took them."""
+        if self._v6:
+            return await self._put_v6(change, remote_id, profile)
+        return await self._update_v7(change, remote_id, profile)
 
     async def _put_v6(
         self, change: Change, remote_id: str, profile: dict[str, Any]

@@ -126,7 +126,42 @@ async def test_observe_reports_the_cms_ids(
         "displayName": "A",
         "email": "",
         "mobile": "",
+        "checked": False,  # put there by hand, never approved
     }
+
+
+def approved(sim: SiteServerSimulator, name: str) -> bool:
+    user = sim.user_named(name)
+    assert user is not None
+    return bool(user["isChecked" if sim.api_version == 6 else "checked"])
+
+
+@both
+async def test_users_are_approved_where_the_cms_reviews_registrations(
+    make_target: MakeTarget, sim: SiteServerSimulator
+) -> None:
+    """A CMS that reviews registrations creates users who cannot log in: each is approved
+    right after its create, and one a reviewer turns back is approved again by the next pass."""
+    sim.registration_checked = False
+    sync = Sync(make_target())
+    wanted = desired(person("a"), person("b"))
+    assert all(o.ok for o in await sync.converge(wanted))
+    assert approved(sim, "a")
+    assert approved(sim, "b")
+    assert sim.log.writes() == 2 * 2  # a create and an approval each
+    assert (await sync.plan(wanted)).changes == ()
+
+    user = sim.user_named("b")
+    assert user is not None
+    user["isChecked" if sim.api_version == 6 else "checked"] = False
+    plan = await sync.plan(wanted)
+    assert [(c.action, c.person_id, [f.field for f in c.fields]) for c in plan.changes] == [
+        (Action.UPDATE, "b", ["checked"])
+    ]
+    sim.log.clear()
+    assert all(o.ok for o in await sync.apply(plan))
+    assert approved(sim, "b")
+    assert sim.log.writes() == 1
 
 
 @both

@@ -35,6 +35,8 @@ from reconciler.store.base import Settled
 from reconciler.targets.base import Feed, Target
 
 log = structlog.get_logger("reconciler.cycle")
+#: Held deletes named in a plan.held line; the plan itself lists them all.
+HELD_SHOWN = 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,6 +334,8 @@ def log_plan(plan: Plan, *, mode: Literal["apply", "dry-run"]) -> None:
                 target=target_plan.target,
                 deletes=len(target_plan.held),
                 reason=target_plan.held_reason,
+                # Whom a release would delete: enough to recognise the mistake, never 100 000.
+                persons=[c.person_id for c in target_plan.held[:HELD_SHOWN]],
             )
         if target_plan.deferred:
             log.info(

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from reconciler import app as composition
 from reconciler import cycle
 from reconciler.app import App
 from reconciler.core import planning
-from reconciler.core.changes import Action, Plan, Reason
+from reconciler.core.changes import Action, Change, Plan, Reason, TargetPlan
 from reconciler.settings import Settings
 from reconciler.simulators.nebula_pass import NebulaPassSimulator
 from reconciler.store.sqlite import SqliteStore
@@ -325,3 +326,19 @@ async def test_applying_leaves_what_existed_out_of_the_collectors_scans_then_giv
     with pytest.raises(RuntimeError, match="went away"):
         await cycle.apply(opened, plan)
     assert gc.get_freeze_count() == 0
+
+
+def test_a_held_plan_names_the_first_persons_it_would_delete() -> None:
+    held = tuple(
+        Change(action=Action.DELETE, person_id=f"p{n:02d}", reason=Reason.REMOVED, fingerprint="")
+        for n in range(cycle.HELD_SHOWN + 5)
+    )
+    target = TargetPlan(
+        target="lobby", kind="nebula_pass", held=held, held_reason="25 deletes exceed 3"
+    )
+    plan = Plan(desired_digest="d", targets={"lobby": target}, fingerprint="f", created_at="")
+    with structlog.testing.capture_logs() as captured:
+        cycle.log_plan(plan, mode="apply")
+    (line,) = [entry for entry in captured if entry["event"] == "plan.held"]
+    assert (line["target"], line["deletes"], line["reason"]) == ("lobby", 25, "25 deletes exceed 3")
+    assert line["persons"] == [f"p{n:02d}" for n in range(cycle.HELD_SHOWN)]

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds between a replica's looks for targets nobody owns"
     )
     interval: float = Field(60.0, gt=0, description="Seconds between daemon passes")
+    stall_timeout: float = Field(
+        900.0,
+        ge=0,
+        description="Seconds a daemon pass may finish no request before the process counts as "
+        "hung (/healthz 503, no watchdog ping, so it is restarted); 0: never",
+    )
     listen: str = Field("127.0.0.1:9180", description="host:port of the daemon's HTTP endpoints")
     log_format: Literal["auto", "json", "console"] = "auto"
     webhook_secret: SecretStr | None = None

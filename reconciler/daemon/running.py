@@ -48,7 +48,7 @@ from reconciler.errors import DesiredError, ReconcilerError
 from reconciler.executor import TargetReport
 from reconciler.settings import Settings
 from reconciler.sources import sql, yamlfile
-from reconciler.targets.http import Backoff
+from reconciler.targets.http import Backoff, exchanges
 
 log = structlog.get_logger("reconciler.daemon")
 
@@ -81,7 +81,9 @@ class Daemon:
         self.only = only
         self.backoff = backoff
         self.notifier = notifier or Notifier()
-        self.status = Status(interval=interval, dry_run=dry_run)
+        self.status = Status(
+            interval=interval, dry_run=dry_run, stall_timeout=settings.stall_timeout
+        )
         self.metrics = Metrics()
         self.trigger = Trigger()
         self._stopping: asyncio.Event | None = None
@@ -206,15 +208,28 @@ class Daemon:
                 self.notifier.send(state)
 
     async def _heartbeat(self) -> None:
-        """WATCHDOG=1 while the event loop (and so the worker) is alive; before the first pass
-        has finished, also extend the start timeout, since a first sync may take long."""
+        """WATCHDOG=1 while the event loop runs and no pass stands still (Status.liveness);
+        before the first pass has finished, also extend the start timeout, since a first sync
+        may take long. A stalled pass gets neither: the service manager restarts the process."""
         interval = self.notifier.watchdog_interval or 30.0
+        stalled = False
         while True:
-            if self.status.passes == 0:
-                usec = int(max(START_EXTENSION, 2 * interval) * 1_000_000)
-                self.notifier.send(f"EXTEND_TIMEOUT_USEC={usec}", "STATUS=first pass running")
-            if self.notifier.watchdog_interval is not None:
-                self.notifier.send("WATCHDOG=1")
+            alive, reason = self.status.liveness(exchanges(), time.monotonic())
+            if not alive:
+                if not stalled:
+                    log.error("daemon.stalled", reason=reason)
+                    self.notifier.send(f"STATUS=stalled: {reason}")
+                stalled = True
+            else:
+                if stalled:
+                    log.info("daemon.moving")
+                    self.notifier.send("STATUS=moving again")
+                stalled = False
+                if self.status.passes == 0:
+                    usec = int(max(START_EXTENSION, 2 * interval) * 1_000_000)
+                    self.notifier.send(f"EXTEND_TIMEOUT_USEC={usec}", "STATUS=first pass running")
+                if self.notifier.watchdog_interval is not None:
+                    self.notifier.send("WATCHDOG=1")
             await asyncio.sleep(interval)
 
     # -- one pass ----------------------------------------------------------------------------
@@ -223,7 +238,7 @@ class Daemon:
         assert self.leadership is not None
         number = self.status.passes + 1
         started_wall, started = time.time(), time.monotonic()
-        self.status.in_pass = True
+        self.status.pass_began(exchanges(), started)
         log.info("pass.started", number=number, reasons=list(reasons), dry_run=self.dry_run)
         plan: Plan | None = None
         targets: dict[str, TargetPass] = {}

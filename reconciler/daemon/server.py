@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ssl
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +24,7 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.status import Status
 from reconciler.daemon.trigger import Trigger
 from reconciler.errors import ConfigError
+from reconciler.targets.http import exchanges
 
 log = structlog.get_logger("reconciler.daemon.server")
 
@@ -154,7 +156,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return _json({"status": "alive"})
+    alive, reason = request.app[_STATUS].liveness(exchanges(), time.monotonic())
+    if alive:
+        return _json({"status": "alive"})
+    return _json({"status": "stalled", "reason": reason}, HTTPStatus.SERVICE_UNAVAILABLE)
 
 
 async def _readyz(request: web.Request) -> web.Response:

@@ -38,6 +38,19 @@ from reconciler.targets.base import Feed, TargetSettings
 
 _Settings = TypeVar("_Settings", bound=TargetSettings)
 
+
+class _Finished:
+    """Requests this process has finished, answered or failed."""
+
+    count = 0
+
+
+def exchanges() -> int:
+    """How many requests this process has finished, answered or failed: what shows a pass
+    moving (a daemon whose pass finishes none for long is hung)."""
+    return _Finished.count
+
+
 #: Statuses worth retrying: the request may succeed unchanged later.
 TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: How much of a vendor's error body goes into a message: enough to act on, never a dump.
@@ -276,6 +289,8 @@ class Client:
                     "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
                 )
                 raise TemporaryTargetError(self.target, f"{method} {path}: {detail}") from exc
+            finally:
+                _Finished.count += 1
         if response.status in TEMPORARY_STATUSES:
             retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if retry_after:

@@ -232,6 +232,52 @@ async def test_the_daemon_end_to_end(
         assert secret not in everything
 
 
+async def test_a_pass_that_stands_still_stops_the_watchdog_and_fails_healthz(
+    tmp_path: Path, nebula: NebulaPassSimulator, nebula_url: str
+) -> None:
+    """A pass that finishes no request for stall_timeout seconds is hung: no more WATCHDOG=1
+    (systemd restarts the process), /healthz 503 (so does a liveness probe); once requests
+    finish again, both come back."""
+    (tmp_path / "desired.yaml").write_text(desired(nebula_url, {"1": "one"}))
+    nebula.faults.latency = 4.0  # every answer 4 s late (the request timeout is 30 s)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.setblocking(False)
+        running = await spawn(
+            tmp_path,
+            notify=notify,
+            NOTIFY_SOCKET=str(tmp_path / "notify.sock"),
+            WATCHDOG_USEC="400000",
+            RECONCILER_STALL_TIMEOUT="0.5",
+        )
+        try:
+            await running.until(lambda: running.count("daemon.stalled") > 0, "daemon.stalled")
+            stalled = next(e for e in running.events if e["event"] == "daemon.stalled")
+            assert "finished no request for" in stalled["reason"]
+            async with aiohttp.ClientSession() as http:
+                async with http.get(running.url + "/healthz") as response:
+                    assert response.status == 503
+                    assert (await response.json())["status"] == "stalled"
+                nebula.faults.latency = 0.0
+                await running.until(lambda: running.passes("ok") > 0, "the pass to finish")
+                await running.until(
+                    lambda: "STATUS=moving again" in running.notifications, "moving again"
+                )
+                async with http.get(running.url + "/healthz") as response:
+                    assert response.status == 200
+            # In the order sent: from the stall until it moves again, not one ping.
+            sent = running.notifications
+            begin = next(n for n, line in enumerate(sent) if line.startswith("STATUS=stalled"))
+            end = sent.index("STATUS=moving again", begin)
+            assert "WATCHDOG=1" in sent[:begin]
+            assert "WATCHDOG=1" not in sent[begin:end]
+            await running.until(
+                lambda: "WATCHDOG=1" in running.notifications[end:], "WATCHDOG=1 again"
+            )
+        finally:
+            await running.close()
+
+
 async def test_dry_run_plans_every_pass_and_applies_nothing(
     tmp_path: Path, nebula: NebulaPassSimulator, nebula_url: str
 ) -> None:

@@ -6,9 +6,10 @@ paged `/v1/user/offset/{o}/limit/{l}` listing (limit <= 100) for the fields. Wri
 names. `type` is immutable on the device, so a type change is a replace (delete, then create).
 Choices on undocumented behaviour [I]: an upsert that omits `avatar` keeps the stored photo, so
 photos are sent only when created or changed (their hash lives in the ledger; the listing is not
-a reliable photo source); an unset guest time is sent as 0; a body code of 500 or more is the
-device failing (temporary, tried again by the next pass) whatever the HTTP status says. Network
-I/O through targets.http.
+a reliable photo source), unless `photo_on_update: always` sends it with every update, for
+firmware whose upsert replaces the whole user; an unset guest time is sent as 0; a body code of
+500 or more is the device failing (temporary, tried again by the next pass) whatever the HTTP
+status says. Network I/O through targets.http.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import Field, SecretStr
@@ -101,6 +102,19 @@ class Settings(TargetSettings):
     password: SecretStr = Field(description="Device password; use ${ENV} interpolation")
     batch_size: int = Field(50, ge=1, le=100, description="Persons per POST /v2/user")
     token_minutes: int = Field(60, ge=1, le=1440, description="Requested JWT lifetime")
+    page_size: int = Field(
+        PAGE_LIMIT,
+        ge=1,
+        le=PAGE_LIMIT,
+        description="Users per listing page; the listing carries every face in full, so lower "
+        "it when photos are large and a page outgrows the request timeout",
+    )
+    photo_on_update: Literal["changed", "always"] = Field(
+        "changed",
+        description="When an update sends the face photo: only when it changed (an upsert "
+        "without avatar keeps the stored face), or always (for firmware whose upsert replaces "
+        "the whole user, which would otherwise erase the face)",
+    )
 
 
 def render(person: Person, settings: Settings) -> Record | Invalid:
@@ -292,7 +306,7 @@ class NebulaPass(HttpTarget[Settings]):
             if stamps == seen and len(known.persons) == len(stamps):
                 return known  # nothing moved: the same snapshot, unchanged
             changed = sorted(pid for pid, at in stamps.items() if seen.get(pid) != at)
-            if len(changed) <= -(-len(stamps) // PAGE_LIMIT):
+            if len(changed) <= -(-len(stamps) // self._settings.page_size):
                 observed = await self._changed_since(known, stamps, changed)
                 if observed is not None:
                     self._remember(observed, stamps)
@@ -376,7 +390,8 @@ class NebulaPass(HttpTarget[Settings]):
             raise PermanentTargetError(self.name, "malformed user listing: no total")
         persons: dict[str, ObservedPerson] = {}
         self._collect(first, persons)
-        offsets = range(PAGE_LIMIT, total, PAGE_LIMIT)
+        size = self._settings.page_size
+        offsets = range(size, total, size)
         async for page in bounded(offsets, self._page, self._settings.concurrency):
             self._collect(page, persons)
 
@@ -461,10 +476,11 @@ class NebulaPass(HttpTarget[Settings]):
         if current:
             yield current
 
-    @staticmethod
-    def _sends_avatar(change: Change) -> bool:
+    def _sends_avatar(self, change: Change) -> bool:
         if change.action in (Action.CREATE, Action.REPLACE):
             return True
+        if self._settings.photo_on_update == "always" and change.person is not None:
+            return change.person.photo is not None
         return any(f.field == "avatar" for f in change.fields)
 
     async def _prepare_upsert(self, batch: list[Change]) -> _Upsert:
@@ -586,7 +602,8 @@ class NebulaPass(HttpTarget[Settings]):
     # -- the envelope, auth -------------------------------------------------------------------
 
     async def _page(self, offset: int) -> dict[str, Any]:
-        page = await self._call("GET", f"/v1/user/offset/{offset}/limit/{PAGE_LIMIT}")
+        size = self._settings.page_size
+        page = await self._call("GET", f"/v1/user/offset/{offset}/limit/{size}")
         if not isinstance(page, dict) or not isinstance(page.get("items"), list):
             raise PermanentTargetError(self.name, f"malformed user listing at offset {offset}")
         return page

@@ -91,6 +91,41 @@ async def test_more_than_one_page_is_read_and_writes_are_batched(
     assert nebula.log.writes() == 0
 
 
+async def test_a_smaller_listing_page_reads_more_pages_and_finds_everyone(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    wanted = desired(*(person(f"{n:04d}") for n in range(25)))
+    await Sync(make_target()).converge(wanted)
+    nebula.log.clear()
+    sync = Sync(make_target(page_size=10))
+    assert (await sync.plan(wanted)).changes == ()
+    listing = [e.path for e in nebula.log.entries if e.route.startswith("/v1/user/offset")]
+    assert listing == [f"/v1/user/offset/{o}/limit/10" for o in (0, 10, 20)]
+
+
+@pytest.mark.parametrize("photo_on_update", ["changed", "always"])
+async def test_an_update_sends_the_face_only_when_changed_unless_always(
+    make_target: MakeTarget,
+    nebula: NebulaPassSimulator,
+    photos: dict[str, Photo],
+    photo_on_update: str,
+) -> None:
+    """A firmware whose upsert replaces the whole user would erase the face of every renamed
+    person: photo_on_update: always sends it with every update."""
+    sync = Sync(make_target(photo_on_update=photo_on_update))
+    await sync.converge(desired(person("1", photo=photos["a.jpg"]), person("2")))
+    nebula.users["1"]["avatar"] = ""  # as such a firmware would leave it after an upsert
+    assert all(
+        o.ok
+        for o in await sync.converge(
+            desired(person("1", name="renamed", photo=photos["a.jpg"]), person("2", name="renamed"))
+        )
+    )
+    assert nebula.users["1"]["name"] == "renamed"
+    assert bool(nebula.users["1"]["avatar"]) == (photo_on_update == "always")
+    assert nebula.users["2"]["avatar"] == ""  # no photo declared: nothing to send
+
+
 async def test_a_group_map_translates_group_names(
     make_target: MakeTarget, nebula: NebulaPassSimulator
 ) -> None:

@@ -53,7 +53,11 @@ SIMULATORS: dict[str, KindSimulator] = {
         credentials=SiteServerSimulator.LOGIN,
     ),
     "sophon_fog": KindSimulator(
-        build=lambda c: SophonFogSimulator(), credentials=SophonFogSimulator.LOGIN
+        # A box with the permission group desired.example.yaml maps its hq group to.
+        build=lambda c: SophonFogSimulator(
+            permissions={"HQ doors": "5f1c2a9e-3b7d-4e8a-9c61-2d4f8b0e7a13"}
+        ),
+        credentials=SophonFogSimulator.LOGIN,
     ),
     "sophon_sight": KindSimulator(
         build=lambda c: SophonSightSimulator(appkey=c["appkey"], secret=c["secret"]),

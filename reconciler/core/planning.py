@@ -99,6 +99,9 @@ class Observed:
     """Everything one target reports, keyed by our person id."""
 
     persons: Mapping[str, ObservedPerson]
+    #: What else the target reported that rendering its records depends on (sophon_fog: its
+    #: permission groups' ids by name); a plan made under another context is not reused.
+    context: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,9 +162,12 @@ class Baseline:
 def observed_digest(observed: Observed, hasher: Hasher) -> str:
     """Keyed digest of a target's observed persons: any change on the target changes it."""
     persons = observed.persons
-    return hasher.digest(
-        [[pid, persons[pid].remote_id, persons[pid].record] for pid in sorted(persons)]
-    )
+    body: list[Any] = [
+        [pid, persons[pid].remote_id, persons[pid].record] for pid in sorted(persons)
+    ]
+    if observed.context:
+        body.append(sorted(observed.context.items()))
+    return hasher.digest(body)
 
 
 def written_hashes(record: Record, write_only: Collection[str], hasher: Hasher) -> dict[str, str]:
@@ -216,6 +222,7 @@ def compute(
         baseline is not None
         and observed is not None
         and baseline.desired.departments == desired.departments
+        and baseline.observed.context == observed.context
     ):
         before, seen_before = baseline.desired.persons, baseline.observed.persons
         unsettled = baseline.settled()

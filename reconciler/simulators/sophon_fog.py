@@ -25,6 +25,8 @@ USERS = "/SophonFogSys/api/users"
 GROUPS = "/SophonFogSys/api/groups"
 IMAGES = "/SophonFace/api/images/{image_id}"
 WIPE = "/SophonFogSys/api/WipeData"
+PERMISSIONS = "/SophonFogSys/api/permissions"
+PERMISSION_IDS = "/SophonFace/api/permissions"
 
 #: The documented code table (MQ-interface doc, applied to REST [I]): code -> symbolic status.
 STATUSES: Mapping[int, str] = {
@@ -97,8 +99,7 @@ class SophonFogSimulator(Simulator):
       40002, another content type 40001, unparsable JSON or a non-object 40000; a wrong type of
       any documented field is 40091 PARAM_ERROR (40005 for the booleans).
     - Limits: identity_id 1..64 characters; `info.name` 1..64; `ext_info` values strings of at
-      most 128; at most 100 `permission_ids`, any strings (permissions are not checked against a
-      permission list, as if `create_no_exit_permission` were always on); photos at most 4 MB
+      most 128; at most 100 `permission_ids`; photos at most 4 MB
       (40007) and JPEG or PNG by their magic bytes (40003), base64 with or without a
       `data:image/...;base64,` prefix; `limit` 1..1000; 1000 ids per batch delete;
       `capacity` persons per group (40015 GROUP_LEN_ERROR on the next new one).
@@ -124,6 +125,13 @@ class SophonFogSimulator(Simulator):
       ones out (`missing_in_batch="skip"`); with `missing_in_batch="fail"` a batch naming an
       unknown id deletes nothing and answers 40401. A delete removes the person from every group
       with its faces.
+    - Permission groups: built with `permissions` (name -> id, a UUID), the box lists their
+      names at `GET /SophonFogSys/api/permissions` (`{"permissions_list": [{name,
+      description}]}`) and gives a name's id at `GET /SophonFace/api/permissions?info.name=
+      &exact=true` (`[{"_id", "info": {"name"}}]`); `permission_ids` other than theirs and "0"
+      are 40091 PARAM_ERROR unless `create_no_exit_permission: true`, which creates them (named
+      by their id). Built without (None), it is a firmware without that API: both routes answer
+      40400, and ids are not checked.
     - `POST /SophonFogSys/api/WipeData` clears persons, faces and groups (default_group is
       recreated empty) and counts in `dangerous_calls`: a client must never make one.
     """
@@ -139,9 +147,12 @@ class SophonFogSimulator(Simulator):
         capacity: int = DEFAULT_CAPACITY,
         honour_ignore_exist: bool = True,
         missing_in_batch: MissingInBatch = "skip",
+        permissions: Mapping[str, str] | None = None,
         faults: Faults | None = None,
     ) -> None:
         super().__init__(faults=faults)
+        #: Permission group name -> id; None: no permission API, ids unchecked.
+        self.permissions: dict[str, str] | None = None if permissions is None else dict(permissions)
         self.paging: Paging = paging
         self.pagination = pagination
         self.faceless = set(faceless)
@@ -233,6 +244,8 @@ class SophonFogSimulator(Simulator):
             Route("POST", GROUPS, self._create_group, write=True),
             Route("GET", IMAGES, self._image),
             Route("POST", WIPE, self._wipe, write=True),
+            Route("GET", PERMISSIONS, self._permission_names),
+            Route("GET", PERMISSION_IDS, self._permission_ids),
         ]
 
     def error_response(self, status: int, message: str) -> web.Response:
@@ -255,6 +268,7 @@ class SophonFogSimulator(Simulator):
         if flags["import_mode"]:
             raise _refusal(50100, "import_mode (features instead of photos) is not simulated")
         info = _info(body.get("info"), creating=True)
+        self._check_permissions(info, create=flags["create_no_exit_permission"])
         photo = self._photo(body.get("reg_photo"), fiqa) if flags["need_bring_pic"] else None
         existing = self.identities.get(identity_id)
         if existing is not None and (not flags["ignore_exist"] or not self.honour_ignore_exist):
@@ -282,6 +296,8 @@ class SophonFogSimulator(Simulator):
         if "info" not in body:
             raise _refusal(40091, "info is required (it may be {})")
         info = _info(body["info"], creating=False)
+        create = _flag(body, "create_no_exit_permission", default=False)
+        self._check_permissions(info, create=create)
         user_id = info.get("user_id")
         if user_id is not None and user_id != person["info"]["user_id"]:
             raise _refusal(40091, "editing the employee number (user_id) is forbidden")
@@ -379,6 +395,35 @@ class SophonFogSimulator(Simulator):
             return _error(40012, f"group {name} already exists")
         self.add_group(name, description)
         return _data(dict(self.groups[name]))
+
+    async def _permission_names(self, request: web.Request) -> web.Response:
+        if self.permissions is None:
+            raise _refusal(40400, "not found")
+        names = [{"name": name, "description": ""} for name in self.permissions]
+        return _data({"permissions_list": names})
+
+    async def _permission_ids(self, request: web.Request) -> web.Response:
+        if self.permissions is None:
+            raise _refusal(40400, "not found")
+        name = request.query.get("info.name")
+        exact = request.query.get("exact", "false").lower() == "true"
+        found = [
+            {"_id": permission_id, "info": {"name": known}}
+            for known, permission_id in self.permissions.items()
+            if name is None or known == name or (not exact and name in known)
+        ]
+        return _data(found)
+
+    def _check_permissions(self, info: Mapping[str, Any], *, create: bool) -> None:
+        """permission_ids the box knows (all or nothing), or creates with the flag."""
+        if self.permissions is None or "permission_ids" not in info:
+            return
+        known = set(self.permissions.values()) | set(DEFAULT_PERMISSIONS)
+        unknown = [i for i in info["permission_ids"] if i not in known]
+        if unknown and not create:
+            raise _refusal(40091, f"permission id {unknown[0]} does not exist")
+        for permission_id in unknown:
+            self.permissions[permission_id] = permission_id
 
     async def _image(self, request: web.Request) -> web.Response:
         image = self.images.get(request.match_info["image_id"])

@@ -7,7 +7,15 @@ firmware without `pagination`. Write: one `POST` per created person (`ignore_exi
 upsert; the API has no batch create), `PUT` with the FULL `info` for field updates (an omitted
 `permission_ids` resets to ["0"]), and `DELETE {"identity_ids"}` in batches of `delete_batch`.
 
+Groups are permission groups (`info.permission_ids`, which gate the doors): by name or id after
+group_map, names turned into ids from `GET /SophonFogSys/api/permissions` (the names) and
+`GET /SophonFace/api/permissions?info.name=&exact=true` (a name's id), read by observe() and
+looked up once per name (again after an hour). A group the box has neither as a name nor as an
+id makes the person invalid there, since the box refuses unknown ids.
+
 Choices on undocumented behaviour [I]:
+- A box that answers the permission list with 40400 / 50100 is firmware without it: groups go
+  out as mapped, unchecked.
 - Photos are write-only (listings show `reg_photo: ""`); their hash lives in the ledger. A photo
   goes out on create and when it changed, always by re-enrolling (`POST` with `ignore_exist` and
   `support_single_face: true`), because a `PUT reg_photo` may add a face instead of replacing it:
@@ -34,7 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Sequence
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +71,11 @@ from reconciler.targets.http import Backoff, HttpTarget, Response, excerpt
 
 NAME = "sophon_fog"
 USERS = "/SophonFogSys/api/users"
+#: Permission groups: their names here, a name's id (a UUID) at PERMISSION_IDS.
+PERMISSIONS = "/SophonFogSys/api/permissions"
+PERMISSION_IDS = "/SophonFace/api/permissions"
+#: The permission a person without any has ("permission_ids defaults to ["0"]").
+DEFAULT_PERMISSION = "0"
 CHECK_URL = "check that url is a SophonFogSys box (http://<box>:5555, firmware V2R6..V5R7)"
 
 #: Record fields carried in `info.ext_info` (all strings), in display order.
@@ -140,11 +154,31 @@ class Settings(TargetSettings):
         return value
 
 
-def render(person: Person, settings: Settings) -> Record | Invalid:
-    """A person as this box stores it, or why the box cannot take it."""
+def render(
+    person: Person, settings: Settings, permissions: Mapping[str, str] | None = None
+) -> Record | Invalid:
+    """A person as this box stores it, or why the box cannot take it. `permissions` (the box's
+    permission group ids by name; None: the box does not list them) turns each group, after
+    group_map, into a permission id: a group that is neither a name nor an id there is refused,
+    since the box refuses ids it does not know."""
 
     def invalid(error: str) -> Invalid:
         return Invalid(person_id=person.id, error=f"{error} ({NAME})")
+
+    permission_ids = set()
+    known = set(permissions.values()) if permissions is not None else set()
+    for group in person.groups:
+        value = settings.group_map.get(group, group)
+        if permissions is None or value in known or value == DEFAULT_PERMISSION:
+            permission_ids.add(value)
+        elif value in permissions:
+            permission_ids.add(permissions[value])
+        else:
+            mapped = f" (mapped to {value!r})" if value != group else ""
+            return invalid(
+                f"group {group!r}{mapped} is no permission group on the box, by name or id: "
+                "create it there, or map the group to a permission id with group_map"
+            )
 
     if not 1 <= len(person.id) <= MAX_ID_CHARS:
         return invalid(f"id must be 1..{MAX_ID_CHARS} characters")
@@ -154,7 +188,7 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
     record: dict[str, Any] = {
         "name": person.name,
         "type": TYPE_CODES[person.type],
-        "permission_ids": sorted({settings.group_map.get(g, g) for g in person.groups}),
+        "permission_ids": sorted(permission_ids),
         "mobile": person.phone,
         "email": person.email,
         "jobNumber": person.job_number,
@@ -229,18 +263,27 @@ class _Page:
 class SophonFog(HttpTarget[Settings]):
     """A SophonFogSys face box."""
 
+    #: Seconds after which every permission group's id is looked up again (one deleted and
+    #: created anew under its name has a new id).
+    PERMISSIONS_FRESH = 3600.0
+
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
+        #: The box's permission group ids by name, as last read; None: it does not list them.
+        self._permissions: dict[str, str] | None = None
+        self._permissions_read_at = -math.inf
         super().__init__(
             name,
             settings,
             kind=KIND,
-            render=lambda person: render(person, settings),
+            # Planning renders after observe(), which read the permission groups.
+            render=lambda person: render(person, settings, self._permissions),
             backoff=backoff,
         )
 
     # -- protocol ---------------------------------------------------------------------------
 
     async def observe(self) -> Observed:
+        permissions = await self._read_permissions()
         persons, total = await self._read_group()
         if total is not None and len(persons) < total:
             # Persons enrolled or removed while we paged shift an offset listing: read again
@@ -252,7 +295,8 @@ class SophonFog(HttpTarget[Settings]):
                     f"persons, but the box reports total_count {total}"
                 )
         return Observed(
-            persons={pid: ObservedPerson(record=persons[pid]) for pid in sorted(persons)}
+            persons={pid: ObservedPerson(record=persons[pid]) for pid in sorted(persons)},
+            context=permissions or {},
         )
 
     async def apply(
@@ -273,6 +317,47 @@ class SophonFog(HttpTarget[Settings]):
             yield outcomes
 
     # -- reading ------------------------------------------------------------------------------
+
+    async def _read_permissions(self) -> dict[str, str] | None:
+        """The box's permission group ids by name: the names listed, each name's id looked up
+        once (again after PERMISSIONS_FRESH). None on firmware without the permission API: then
+        groups go out as group_map makes them, unchecked."""
+        try:
+            data = await self._call("GET", PERMISSIONS)
+        except BoxError as exc:
+            if exc.code not in GONE and exc.code != NOT_IMPLEMENTED:
+                raise
+            self._permissions = None
+            return None
+        listed = data.get("permissions_list") if isinstance(data, dict) else None
+        if not isinstance(listed, list):
+            raise PermanentTargetError(
+                self.name, f"malformed response to GET {PERMISSIONS}: no permissions_list"
+            )
+        names = sorted({str(p["name"]) for p in listed if isinstance(p, dict) and p.get("name")})
+        now = asyncio.get_running_loop().time()
+        known = dict(self._permissions or {})
+        if now >= self._permissions_read_at + self.PERMISSIONS_FRESH:
+            known, self._permissions_read_at = {}, now
+
+        async def look_up(name: str) -> tuple[str, str | None]:
+            params = {"info.name": name, "exact": "true"}
+            found = await self._call("GET", PERMISSION_IDS, params=params)
+            ids = [
+                str(p["_id"])
+                for p in (found if isinstance(found, list) else [])
+                if isinstance(p, dict)
+                and p.get("_id")
+                and (p.get("info") or {}).get("name") == name
+            ]
+            return name, ids[0] if ids else None
+
+        unknown = [name for name in names if name not in known]
+        async for name, permission_id in bounded(unknown, look_up, self._settings.concurrency):
+            if permission_id is not None:
+                known[name] = permission_id
+        self._permissions = {name: known[name] for name in names if name in known}
+        return self._permissions
 
     async def _read_group(self) -> tuple[dict[str, Record], int | None]:
         """Every person listed in the group, and the total the box claims (None if it does not)."""

@@ -9,7 +9,15 @@ import pytest
 from reconciler.core import planning
 from reconciler.core.changes import UPSERTS, Action, Change, Reason, TargetPlan, split
 from reconciler.core.persons import Desired, Person, PersonType, Photo
-from reconciler.core.planning import LedgerEntry, Observed, ObservedPerson, Prune, Select
+from reconciler.core.planning import (
+    LedgerEntry,
+    Observed,
+    ObservedPerson,
+    Prune,
+    Select,
+    TargetSpec,
+)
+from reconciler.core.records import Invalid, Record
 from tests.core.kinds import HASHER, KIND, SPEC, apply_in_memory, projection, render
 
 
@@ -314,3 +322,32 @@ def test_a_target_plan_counts_its_changes_once_for_each_plan() -> None:
     assert kept.planned == {"create": 1}
     assert kept.drift == 0
     assert kept == dataclasses.replace(plan, changes=plan.changes[:1])  # the count is no part
+
+
+def test_a_plan_made_under_another_context_is_no_baseline() -> None:
+    """A kind whose records depend on what else the target reports (sophon_fog's permission
+    ids by name) renders anew when that changed, though desired and observed persons did not."""
+    ids = {"hq": "id-1"}
+
+    def by_context(person: Person) -> Record | Invalid:
+        rendered = render(person)
+        assert isinstance(rendered, dict)
+        return {**rendered, "groups": sorted(ids[g] for g in person.groups)}
+
+    spec = TargetSpec(name="t", kind=KIND, render=by_context)
+    desired = Desired(persons={"1": Person(id="1", name="one", groups=("hq",))})
+    empty = Observed(persons={}, context=dict(ids))
+    first = planning.compute(desired, spec, empty, {}, HASHER)
+    synced, ledger = apply_in_memory(first, empty, {})
+    before = Observed(persons=synced.persons, context=dict(ids))
+    last = planning.compute(desired, spec, before, ledger, HASHER)
+    assert last.changes == ()  # in sync: a baseline would spare it a look
+
+    ids["hq"] = "id-2"  # the permission group was made anew on the target
+    now = Observed(persons=synced.persons, context=dict(ids))
+    assert planning.observed_digest(now, HASHER) != planning.observed_digest(before, HASHER)
+    baseline = planning.Baseline(desired=desired, observed=before, plan=last)
+    spared = planning.compute(desired, spec, now, ledger, HASHER, baseline=baseline)
+    assert spared == planning.compute(desired, spec, now, ledger, HASHER)
+    (change,) = spared.changes
+    assert [(f.field, f.old, f.new) for f in change.fields] == [("groups", ["id-1"], ["id-2"])]

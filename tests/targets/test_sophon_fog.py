@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pydantic
 import pytest
 from aiohttp import web
@@ -638,3 +639,65 @@ def test_settings_defaults() -> None:
         "offset",
     )
     assert settings.fiqa_level is None
+
+
+# -- permission groups: names resolved to the box's ids -------------------------------------
+
+HQ, LAB = "5f1c2a9e-3b7d-4e8a-9c61-2d4f8b0e7a13", "0b7e4c21-8d3f-4a6e-b1c9-7e2f5a9d3c08"
+
+
+async def test_groups_become_the_permission_ids_their_names_have_on_the_box(
+    make_target: MakeTarget, box: SophonFogSimulator
+) -> None:
+    box.permissions = {"HQ doors": HQ, "Lab": LAB}
+    # A group mapped to a name, one mapped to an id, one named as on the box.
+    sync = Sync(make_target(group_map={"hq": "HQ doors", "lab": LAB}))
+    wanted = desired(person("1", groups=("hq", "Lab")), person("2", groups=("lab",)))
+    assert all(o.ok for o in await sync.converge(wanted))
+    assert box.identities["1"]["info"]["permission_ids"] == sorted([HQ, LAB])
+    assert box.identities["2"]["info"]["permission_ids"] == [LAB]
+    box.log.clear()
+    assert (await sync.plan(wanted)).changes == ()
+    # Each name's id was looked up once, by the first observe.
+    assert box.log.count("GET", "/SophonFace/api/permissions") == 0
+
+
+async def test_a_group_the_box_does_not_have_is_invalid_until_it_is_created(
+    make_target: MakeTarget, box: SophonFogSimulator
+) -> None:
+    box.permissions = {"HQ doors": HQ}
+    sync = Sync(make_target())
+    wanted = desired(person("1", groups=("HQ doors", "Garage")), person("2"))
+    plan = await sync.plan(wanted)
+    assert [c.person_id for c in plan.changes] == ["2"]
+    (invalid,) = plan.invalid
+    assert invalid.person_id == "1"
+    assert "group 'Garage' is no permission group on the box" in invalid.error
+    assert "group_map" in invalid.error
+    # Created on the box: the next observe finds it, and its context says the plan is new.
+    box.permissions["Garage"] = LAB
+    again = await sync.plan(wanted)
+    assert [c.person_id for c in again.changes] == ["1", "2"]
+    assert again.observed_digest != plan.observed_digest
+    assert all(o.ok for o in await sync.apply(again))
+    assert box.identities["1"]["info"]["permission_ids"] == sorted([HQ, LAB])
+
+
+async def test_the_box_refuses_permission_ids_it_does_not_know(
+    box_url: str, box: SophonFogSimulator
+) -> None:
+    box.permissions = {"HQ doors": HQ}
+    body = {
+        "identity_id": "9",
+        "group_name": "default_group",
+        "need_bring_pic": False,
+        "info": {"name": "nine", "type": 1, "permission_ids": ["nope"]},
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(box_url + USERS, json=body) as refused:
+            assert (await refused.json())["error"]["code"] == 40091
+        async with http.post(
+            box_url + USERS, json={**body, "create_no_exit_permission": True}
+        ) as created:
+            assert created.status == 200
+    assert box.permissions == {"HQ doors": HQ, "nope": "nope"}

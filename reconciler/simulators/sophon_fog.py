@@ -124,7 +124,8 @@ class SophonFogSimulator(Simulator):
       the ids it finds and answers `{"identity_ids": [deleted], "message"}`, leaving the unknown
       ones out (`missing_in_batch="skip"`); with `missing_in_batch="fail"` a batch naming an
       unknown id deletes nothing and answers 40401. A delete removes the person from every group
-      with its faces.
+      with its faces. Built with `batch_delete=False` (firmware before V5R7C01), a body with
+      `identity_ids` deletes nobody and answers as a single delete of nobody, with success.
     - Permission groups: built with `permissions` (name -> id, a UUID), the box lists their
       names at `GET /SophonFogSys/api/permissions` (`{"permissions_list": [{name,
       description}]}`) and gives a name's id at `GET /SophonFace/api/permissions?info.name=
@@ -148,9 +149,11 @@ class SophonFogSimulator(Simulator):
         honour_ignore_exist: bool = True,
         missing_in_batch: MissingInBatch = "skip",
         permissions: Mapping[str, str] | None = None,
+        batch_delete: bool = True,
         faults: Faults | None = None,
     ) -> None:
         super().__init__(faults=faults)
+        self.batch_delete = batch_delete
         #: Permission group name -> id; None: no permission API, ids unchecked.
         self.permissions: dict[str, str] | None = None if permissions is None else dict(permissions)
         self.paging: Paging = paging
@@ -339,6 +342,12 @@ class SophonFogSimulator(Simulator):
 
     async def _delete(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
+        if not self.batch_delete and "identity_ids" in body:
+            # Firmware before V5R7C01 reads identity_id only: it "removes" nobody, cheerfully.
+            note_items(request, 1)
+            return _data(
+                {"identity_id": None, "group_name": [], "message": "have remove from group success"}
+            )
         if ("identity_id" in body) == ("identity_ids" in body):
             raise _refusal(40091, "give identity_id or identity_ids")
         if "identity_id" in body:

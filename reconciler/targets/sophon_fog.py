@@ -31,8 +31,9 @@ Choices on undocumented behaviour [I]:
   is "". `ext_info` is sent whole, so keys set by hand on the box are cleared by an update.
 - 40011 (exists) despite `ignore_exist` is adopted with a `PUT` of the full info (the photo, if
   any, rides on that PUT); when the answer shows the person outside our group, the change fails
-  with what to do. A batch delete answered 40401 / param error (firmware before V5R7C01) is
-  retried one `{"identity_id"}` at a time, where 40401 means already gone.
+  with what to do. A batch delete answered 40401 / param error, or with anything but the
+  documented `{"identity_ids": [...]}` (firmware before V5R7C01), is retried one
+  `{"identity_id"}` at a time, where 40401 means already gone.
 - Face errors 40003/40004/40006/40007/40009 fail only that person, not retryable: the photo must
   be replaced. 40015 (group full) and 40012/40013 (no such group) fail the change permanently.
 Network I/O through targets.http.
@@ -532,7 +533,7 @@ class SophonFog(HttpTarget[Settings]):
     async def _delete_batch(self, batch: Sequence[Change]) -> list[Outcome]:
         body = {"identity_ids": [c.person_id for c in batch]}
         try:
-            await self._call("DELETE", USERS, json=body)
+            answer = await self._call("DELETE", USERS, json=body)
         except BoxError as exc:
             if exc.code in ONE_AT_A_TIME:
                 return list(await asyncio.gather(*(self._delete_one(c) for c in batch)))
@@ -543,6 +544,10 @@ class SophonFog(HttpTarget[Settings]):
             return [
                 Outcome(change=c, ok=False, error=exc.message, retryable=retryable) for c in batch
             ]
+        if not isinstance(answer, dict) or not isinstance(answer.get("identity_ids"), list):
+            # Not the batch answer: firmware that reads identity_id only may say it removed
+            # nobody, successfully. Only a delete the box confirms leaves the ledger.
+            return list(await asyncio.gather(*(self._delete_one(c) for c in batch)))
         # Ids the box did not find are left out of its answer: they are gone, which is the goal.
         return [Outcome(change=c, ok=True) for c in batch]
 

@@ -272,6 +272,22 @@ async def test_a_person_already_gone_does_not_fail_the_rest_of_its_delete_batch(
     assert box.log.count("DELETE", USERS) == (1 if missing_in_batch == "skip" else 4)
 
 
+async def test_a_batch_delete_the_box_does_not_confirm_is_made_one_person_at_a_time(
+    make_target: MakeTarget, box: SophonFogSimulator
+) -> None:
+    """Firmware before V5R7C01 reads identity_id only: it answers a batch delete with success
+    and removes nobody. Taking that at its word would drop the persons from the ledger while
+    they keep door access; each is deleted and confirmed on its own instead."""
+    box.batch_delete = False
+    sync = Sync(make_target())
+    await sync.converge(desired(person("1"), person("2"), person("3")))
+    box.log.clear()
+    outcomes = await sync.apply(await sync.plan(desired(person("2"))))
+    assert [(o.change.person_id, o.ok) for o in outcomes] == [("1", True), ("3", True)]
+    assert set(box.identities) == {"2"}
+    assert box.log.count("DELETE", USERS) == 1 + 2
+
+
 async def test_a_foreign_person_is_reported_and_never_touched(
     make_target: MakeTarget, box: SophonFogSimulator
 ) -> None:

@@ -45,8 +45,9 @@ class Settings(BaseSettings):
     stall_timeout: float = Field(
         900.0,
         ge=0,
-        description="Seconds a daemon pass may finish no request before the process counts as "
-        "hung (/healthz 503, no watchdog ping, so it is restarted); 0: never",
+        description="Seconds a daemon pass may finish no step (a request, a lock poll, a read) "
+        "before the process counts as hung (/healthz 503, no watchdog ping, so it is "
+        "restarted); 0: never",
     )
     listen: str = Field("127.0.0.1:9180", description="host:port of the daemon's HTTP endpoints")
     log_format: Literal["auto", "json", "console"] = "auto"

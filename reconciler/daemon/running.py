@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import app as composition
-from reconciler import cycle
+from reconciler import cycle, progress
 from reconciler.app import App, Validated
 from reconciler.core.changes import Plan, TargetPlan
 from reconciler.core.quarantine import HEALTHY, Health
@@ -48,7 +48,7 @@ from reconciler.errors import DesiredError, ReconcilerError
 from reconciler.executor import TargetReport
 from reconciler.settings import Settings
 from reconciler.sources import sql, yamlfile
-from reconciler.targets.http import Backoff, exchanges
+from reconciler.targets.http import Backoff
 
 log = structlog.get_logger("reconciler.daemon")
 
@@ -118,8 +118,29 @@ class Daemon:
             log.error("desired.invalid", problems=[str(p) for p in exc.problems])
             raise
 
+    def _check_stall_timeout(self, app: App) -> None:
+        """A stall timeout a single request may outlast would restart a daemon that waits, as
+        it should, on a slow target: say so at start."""
+        stall = self.settings.stall_timeout
+        if not stall or not app.targets:
+            return
+        name = max(app.targets, key=lambda n: app.targets[n].settings.timeout)
+        timeout = app.targets[name].settings.timeout
+        longest = timeout + (self.backoff or Backoff()).maximum
+        if stall <= longest:
+            log.warning(
+                "settings.stall_timeout_short",
+                stall_timeout=stall,
+                target=name,
+                request_timeout=timeout,
+                advice=f"one request to target {name} may take {timeout:g} s and its back-off "
+                f"{longest - timeout:g} s more, and a pass waiting on it would be taken as hung: "
+                f"raise RECONCILER_STALL_TIMEOUT above {longest:g} s, or set it to 0",
+            )
+
     async def _serve(self, app: App) -> int:
         assert self._stopping is not None
+        self._check_stall_timeout(app)
         self._files = app.desired
         leadership = self.leadership = Leadership(app.store, active=not self.dry_run)
         self._signature = await asyncio.to_thread(self._current_signature)
@@ -214,7 +235,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval or 30.0
         stalled = False
         while True:
-            alive, reason = self.status.liveness(exchanges(), time.monotonic())
+            alive, reason = self.status.liveness(progress.steps(), time.monotonic())
             if not alive:
                 if not stalled:
                     log.error("daemon.stalled", reason=reason)
@@ -238,7 +259,7 @@ class Daemon:
         assert self.leadership is not None
         number = self.status.passes + 1
         started_wall, started = time.time(), time.monotonic()
-        self.status.pass_began(exchanges(), started)
+        self.status.pass_began(progress.steps(), started)
         log.info("pass.started", number=number, reasons=list(reasons), dry_run=self.dry_run)
         plan: Plan | None = None
         targets: dict[str, TargetPass] = {}
@@ -327,6 +348,7 @@ class Daemon:
             except DesiredError as exc:
                 self._file_problems = self._refuse(exc)
             else:
+                progress.step()  # a large desired state may take a while to validate
                 self._file_problems, self._files_in_use = (), False
                 # Photos named since: a change to one of them is a change of the files.
                 self._signature = await asyncio.to_thread(self._current_signature)

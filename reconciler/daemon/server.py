@@ -19,12 +19,11 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from reconciler import logs
+from reconciler import logs, progress
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.status import Status
 from reconciler.daemon.trigger import Trigger
 from reconciler.errors import ConfigError
-from reconciler.targets.http import exchanges
 
 log = structlog.get_logger("reconciler.daemon.server")
 
@@ -156,7 +155,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    alive, reason = request.app[_STATUS].liveness(exchanges(), time.monotonic())
+    alive, reason = request.app[_STATUS].liveness(progress.steps(), time.monotonic())
     if alive:
         return _json({"status": "alive"})
     return _json({"status": "stalled", "reason": reason}, HTTPStatus.SERVICE_UNAVAILABLE)

@@ -119,30 +119,30 @@ class Status:
     in_pass: bool = False
     passes: int = 0
     leadership: LeadershipView = field(default_factory=LeadershipView)
-    #: Seconds a pass may finish no request before the process counts as hung; 0: never.
+    #: Seconds a pass may finish no step before the process counts as hung; 0: never.
     stall_timeout: float = 0.0
-    #: Requests finished when last looked at (liveness), and since when (monotonic).
-    _exchanges: int = field(default=-1, repr=False)
+    #: Steps finished (reconciler.progress) when last looked at, and since when (monotonic).
+    _steps: int = field(default=-1, repr=False)
     _moved_at: float = field(default=0.0, repr=False)
 
-    def pass_began(self, exchanges: int, now: float) -> None:
-        """A pass is running from `now` (monotonic), `exchanges` requests finished so far: it
-        has until now + stall_timeout to finish another."""
+    def pass_began(self, steps: int, now: float) -> None:
+        """A pass is running from `now` (monotonic), `steps` finished so far: it has until
+        now + stall_timeout to finish another."""
         self.in_pass = True
-        self._exchanges, self._moved_at = exchanges, now
+        self._steps, self._moved_at = steps, now
 
-    def liveness(self, exchanges: int, now: float) -> tuple[bool, str]:
-        """Alive unless a pass has finished no request (`exchanges`, the count so far) for
-        stall_timeout seconds by the monotonic clock `now`: every wait in a pass is bounded,
-        so a pass that stands still that long is stuck, and the process is to be restarted
-        (systemd's watchdog, a liveness probe). Between passes nothing needs to move."""
-        if exchanges != self._exchanges or not self.in_pass:
-            self._exchanges, self._moved_at = exchanges, now
+    def liveness(self, steps: int, now: float) -> tuple[bool, str]:
+        """Alive unless a pass has finished no step (`steps`, the count so far: requests,
+        lock polls, reads) for stall_timeout seconds by the monotonic clock `now`: each of them
+        is bounded, so a pass that stands still that long is stuck, and the process is to be
+        restarted (systemd's watchdog, a liveness probe). Between passes nothing need move."""
+        if steps != self._steps or not self.in_pass:
+            self._steps, self._moved_at = steps, now
             return True, "alive"
         quiet = now - self._moved_at
         if self.stall_timeout and quiet > self.stall_timeout:
             return False, (
-                f"pass {self.passes + 1} has finished no request for {quiet:.0f}s "
+                f"pass {self.passes + 1} has finished no step for {quiet:.0f}s "
                 f"(stall_timeout {self.stall_timeout:g}s)"
             )
         return True, "alive"

@@ -29,6 +29,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from reconciler import progress
 from reconciler.core.persons import Desired, Origin, Person, Photo
 from reconciler.core.records import Hasher, desired_digest
 from reconciler.core.redaction import url_secrets, url_shown
@@ -113,6 +114,7 @@ class Reader:
         if not loaded.persons_from:
             return loaded
         fetched = await asyncio.gather(*(_fetch(source) for source in loaded.persons_from))
+        progress.step()
         # Validating many thousand rows is CPU work: keep the event loop answering meanwhile.
         return await asyncio.to_thread(self._merge, loaded, fetched, hasher)
 

@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from reconciler import progress
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
@@ -369,6 +370,7 @@ class PostgresStore:
                     if time.monotonic() >= deadline:
                         raise StoreError(await self._busy_message(target, wait))
                     await asyncio.sleep(LOCK_POLL)
+                    progress.step()  # a bounded wait, not a hang
                 else:
                     taken.append(target)
                     self._writing.add(target)

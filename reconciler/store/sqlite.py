@@ -32,6 +32,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
+from reconciler import progress
 from reconciler.core.changes import Attempt
 from reconciler.core.planning import DepartmentEntry, LedgerEntry
 from reconciler.core.quarantine import Health
@@ -341,6 +342,7 @@ class SqliteStore:
             except BlockingIOError as exc:
                 if time.monotonic() < deadline:
                     await asyncio.sleep(_LOCK_POLL)
+                    progress.step()  # a bounded wait, not a hang
                     continue
                 os.close(fd)
                 holder = lock_path.read_text(encoding="utf-8").strip() or "another process"

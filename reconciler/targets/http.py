@@ -30,25 +30,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from reconciler import __version__
+from reconciler import __version__, progress
 from reconciler.core.planning import TargetSpec
 from reconciler.core.records import KindSpec, Render
 from reconciler.errors import PermanentTargetError, TemporaryTargetError
 from reconciler.targets.base import Feed, TargetSettings
 
 _Settings = TypeVar("_Settings", bound=TargetSettings)
-
-
-class _Finished:
-    """Requests this process has finished, answered or failed."""
-
-    count = 0
-
-
-def exchanges() -> int:
-    """How many requests this process has finished, answered or failed: what shows a pass
-    moving (a daemon whose pass finishes none for long is hung)."""
-    return _Finished.count
 
 
 #: Statuses worth retrying: the request may succeed unchanged later.
@@ -224,7 +212,9 @@ class Client:
         backoff = self._exponential(state)
         error = state.outcome.exception() if state.outcome is not None else None
         hint = getattr(error, "retry_after", None)
-        return max(backoff, hint) if hint is not None else backoff
+        # A device's Retry-After is heeded up to the longest back-off, as _pause does: an hour's
+        # hint must not hold the pass (and the daemon's stall clock) for an hour.
+        return max(backoff, min(hint, self._backoff.maximum)) if hint is not None else backoff
 
     async def _send(
         self,
@@ -290,7 +280,7 @@ class Client:
                 )
                 raise TemporaryTargetError(self.target, f"{method} {path}: {detail}") from exc
             finally:
-                _Finished.count += 1
+                progress.step()  # answered or failed, the pass moved
         if response.status in TEMPORARY_STATUSES:
             retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if retry_after:

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from reconciler import progress
 from reconciler.core.changes import TargetPlan
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.running import target_pass
@@ -31,7 +32,6 @@ from reconciler.daemon.status import (
 from reconciler.daemon.trigger import Trigger
 from reconciler.errors import ConfigError
 from reconciler.store.base import Holding
-from reconciler.targets.http import exchanges
 
 SECRET = "whk-7f3a9c1e-never-logged"
 INTERVAL = 60.0
@@ -468,21 +468,21 @@ def test_status_lists_the_foreign_persons_it_counts() -> None:
 
 def test_liveness_fails_only_while_a_pass_finishes_no_request_for_the_stall_timeout() -> None:
     status = Status(interval=INTERVAL, dry_run=False, stall_timeout=10.0)
-    assert status.liveness(exchanges=5, now=100.0)[0]
-    assert status.liveness(exchanges=5, now=1000.0)[0]  # between passes nothing need move
-    status.pass_began(exchanges=5, now=1000.0)
-    assert status.liveness(exchanges=5, now=1010.0)[0]
-    alive, reason = status.liveness(exchanges=5, now=1010.5)
+    assert status.liveness(steps=5, now=100.0)[0]
+    assert status.liveness(steps=5, now=1000.0)[0]  # between passes nothing need move
+    status.pass_began(steps=5, now=1000.0)
+    assert status.liveness(steps=5, now=1010.0)[0]
+    alive, reason = status.liveness(steps=5, now=1010.5)
     assert not alive
-    assert reason == "pass 1 has finished no request for 10s (stall_timeout 10s)"
-    assert status.liveness(exchanges=6, now=1011.0)[0]  # a request finished: moving again
-    assert status.liveness(exchanges=6, now=1020.0)[0]
-    assert not status.liveness(exchanges=6, now=1021.5)[0]
+    assert reason == "pass 1 has finished no step for 10s (stall_timeout 10s)"
+    assert status.liveness(steps=6, now=1011.0)[0]  # a request finished: moving again
+    assert status.liveness(steps=6, now=1020.0)[0]
+    assert not status.liveness(steps=6, now=1021.5)[0]
     status.in_pass = False
-    assert status.liveness(exchanges=6, now=5000.0)[0]
+    assert status.liveness(steps=6, now=5000.0)[0]
     never = Status(interval=INTERVAL, dry_run=False, stall_timeout=0.0)
-    never.pass_began(exchanges=0, now=0.0)
-    assert never.liveness(exchanges=0, now=10**6)[0]
+    never.pass_began(steps=0, now=0.0)
+    assert never.liveness(steps=0, now=10**6)[0]
 
 
 async def test_healthz_says_stalled_while_a_pass_stands_still() -> None:
@@ -491,11 +491,11 @@ async def test_healthz_says_stalled_while_a_pass_stands_still() -> None:
         make_app(status, Trigger(), Metrics(), webhook_secret=None), "127.0.0.1:0"
     )
     try:
-        status.pass_began(exchanges(), time.monotonic() - 1)
+        status.pass_began(progress.steps(), time.monotonic() - 1)
         async with aiohttp.ClientSession() as http, http.get(listening.url + "/healthz") as got:
             assert got.status == 503
             document = orjson.loads(await got.read())
         assert document["status"] == "stalled"
-        assert "finished no request" in document["reason"]
+        assert "finished no step" in document["reason"]
     finally:
         await listening.close()

@@ -47,6 +47,7 @@ import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -250,6 +251,18 @@ class BoxError(PermanentTargetError):
         super().__init__(target, f"{call}: {self.detail}")
 
 
+class _Foreign(PermanentTargetError):
+    """An answer not in this API's shape (a web UI, another firmware's API, a proxy's page)."""
+
+    def __init__(self, target: str, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(target, message)
+
+
+#: What a permission API call returns on firmware without that route.
+_NO_API = object()
+
+
 class _PersonError(Exception):
     """One person's change cannot succeed as it stands; the message says what to do."""
 
@@ -271,6 +284,8 @@ class SophonFog(HttpTarget[Settings]):
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
         #: The box's permission group ids by name, as last read; None: it does not list them.
         self._permissions: dict[str, str] | None = None
+        #: Every name looked up since the last refresh: its id, or None when it had none.
+        self._permission_ids: dict[str, str | None] = {}
         self._permissions_read_at = -math.inf
         super().__init__(
             name,
@@ -321,44 +336,63 @@ class SophonFog(HttpTarget[Settings]):
 
     async def _read_permissions(self) -> dict[str, str] | None:
         """The box's permission group ids by name: the names listed, each name's id looked up
-        once (again after PERMISSIONS_FRESH). None on firmware without the permission API: then
-        groups go out as group_map makes them, unchecked."""
-        try:
-            data = await self._call("GET", PERMISSIONS)
-        except BoxError as exc:
-            if exc.code not in GONE and exc.code != NOT_IMPLEMENTED:
-                raise
+        once (again after PERMISSIONS_FRESH; a name without one too). None on firmware without
+        the permission API: then groups go out as group_map makes them, unchecked."""
+        listed = await self._permission_call(PERMISSIONS)
+        if listed is _NO_API:
             self._permissions = None
             return None
-        listed = data.get("permissions_list") if isinstance(data, dict) else None
-        if not isinstance(listed, list):
+        entries = listed.get("permissions_list") if isinstance(listed, dict) else None
+        if not isinstance(entries, list):
             raise PermanentTargetError(
                 self.name, f"malformed response to GET {PERMISSIONS}: no permissions_list"
             )
-        names = sorted({str(p["name"]) for p in listed if isinstance(p, dict) and p.get("name")})
+        names = sorted({str(e["name"]) for e in entries if isinstance(e, dict) and e.get("name")})
         now = asyncio.get_running_loop().time()
-        known = dict(self._permissions or {})
-        if now >= self._permissions_read_at + self.PERMISSIONS_FRESH:
-            known, self._permissions_read_at = {}, now
+        fresh = now < self._permissions_read_at + self.PERMISSIONS_FRESH
+        known = dict(self._permission_ids) if fresh else {}
 
-        async def look_up(name: str) -> tuple[str, str | None]:
-            params = {"info.name": name, "exact": "true"}
-            found = await self._call("GET", PERMISSION_IDS, params=params)
+        async def look_up(name: str) -> tuple[str, str | object | None]:
+            found = await self._permission_call(
+                PERMISSION_IDS, params={"info.name": name, "exact": "true"}
+            )
+            if found is _NO_API:
+                return name, _NO_API
             ids = [
-                str(p["_id"])
-                for p in (found if isinstance(found, list) else [])
-                if isinstance(p, dict)
-                and p.get("_id")
-                and (p.get("info") or {}).get("name") == name
+                str(entry["_id"])
+                for entry in (found if isinstance(found, list) else [])
+                if isinstance(entry, dict)
+                and entry.get("_id")
+                and isinstance(entry.get("info"), dict)
+                and entry["info"].get("name") == name
             ]
             return name, ids[0] if ids else None
 
         unknown = [name for name in names if name not in known]
         async for name, permission_id in bounded(unknown, look_up, self._settings.concurrency):
-            if permission_id is not None:
-                known[name] = permission_id
-        self._permissions = {name: known[name] for name in names if name in known}
+            if permission_id is _NO_API:
+                self._permissions = None
+                return None
+            known[name] = permission_id if isinstance(permission_id, str) else None
+        # Only now, every lookup done: a failed refresh is tried again by the next observe.
+        if not fresh:
+            self._permissions_read_at = now
+        self._permission_ids = known
+        self._permissions = {name: pid for name in names if (pid := known.get(name)) is not None}
         return self._permissions
+
+    async def _permission_call(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """A permission API call; _NO_API when the firmware has no such route."""
+        try:
+            return await self._call("GET", path, params=params)
+        except BoxError as exc:
+            if exc.code in GONE or exc.code == NOT_IMPLEMENTED:
+                return _NO_API
+            raise
+        except _Foreign as exc:
+            if exc.status == HTTPStatus.NOT_FOUND:
+                return _NO_API
+            raise
 
     async def _read_group(self) -> tuple[dict[str, Record], int | None]:
         """Every person listed in the group, and the total the box claims (None if it does not)."""
@@ -637,10 +671,11 @@ class SophonFog(HttpTarget[Settings]):
     def _envelope(self, response: Response) -> dict[str, Any]:
         if response.status >= 400 and not response.body.lstrip().startswith(b"{"):
             # Not this API at all (a web UI, another firmware's API, a proxy's error page).
-            raise PermanentTargetError(
+            raise _Foreign(
                 self.name,
                 f"{response.method} {response.path}: HTTP {response.status} "
                 f"{excerpt(response.body)!r}; {CHECK_URL}",
+                response.status,
             )
         envelope = response.json(self.name)
         if not isinstance(envelope, dict):

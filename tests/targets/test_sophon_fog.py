@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -717,3 +718,67 @@ async def test_the_box_refuses_permission_ids_it_does_not_know(
         ) as created:
             assert created.status == 200
     assert box.permissions == {"HQ doors": HQ, "nope": "nope"}
+
+
+class _LookupFails(dict[str, str]):
+    """Permission groups the box lists, but fails (HTTP 500) to look up by name."""
+
+    def items(self) -> Any:
+        raise RuntimeError("the box failed")
+
+
+async def test_a_failed_refresh_of_the_permission_ids_is_tried_again_at_once(
+    make_target: MakeTarget, box: SophonFogSimulator
+) -> None:
+    """A permission group made anew has a new id: the hourly refresh finds it, and one that
+    failed half-way is not taken as done."""
+    box.permissions = {"HQ doors": HQ}
+    target = make_target()
+    sync = Sync(target)
+    wanted = desired(person("1", groups=("HQ doors",)))
+    assert all(o.ok for o in await sync.converge(wanted))
+    target._permissions_read_at = -math.inf  # the hour is up
+    box.permissions = _LookupFails({"HQ doors": LAB})  # deleted and made anew; then a failure
+    with pytest.raises(TemporaryTargetError):
+        await target.observe()
+    box.permissions = {"HQ doors": LAB}
+    plan = await sync.plan(wanted)
+    (change,) = plan.changes
+    assert [(f.field, f.old, f.new) for f in change.fields] == [("permission_ids", [HQ], [LAB])]
+
+
+class _NoLookups(SophonFogSimulator):
+    """Firmware that lists permission groups but cannot look one up by name, and a lookup
+    answer with an entry of the wrong shape."""
+
+    async def _permission_ids(self, request: web.Request) -> web.Response:
+        if request.query.get("info.name") == "Lab":
+            return web.json_response({"data": [{"_id": "x", "info": "Lab"}]})
+        return web.json_response(
+            {"error": {"code": 50100, "message": "not implemented", "status": "NOT_IMPLEMENTED"}},
+            status=501,
+        )
+
+
+@pytest.mark.parametrize("names", [["Lab"], ["Lab", "HQ doors"]])
+async def test_firmware_that_cannot_look_permissions_up_gets_the_groups_as_mapped(
+    names: list[str],
+) -> None:
+    box = _NoLookups(permissions={name: f"id-{name}" for name in names})
+    async with await serve(box) as served:
+        target = SophonFog(
+            "fog", sophon_fog.Settings(url=served.url, rate_limit=None), backoff=FAST
+        )
+        try:
+            sync = Sync(target)
+            plan = await sync.plan(desired(person("1", groups=("Lab",))))
+        finally:
+            await target.aclose()
+    if names == ["Lab"]:
+        # Its one lookup answered nothing usable (no crash): Lab is no group known there.
+        (invalid,) = plan.invalid
+        assert "group 'Lab' is no permission group on the box" in invalid.error
+    else:  # a lookup the firmware lacks: the groups go out as mapped, unchecked
+        (change,) = plan.changes
+        assert change.record is not None
+        assert change.record["permission_ids"] == ["Lab"]

@@ -88,15 +88,17 @@ UNSUPPORTED_TYPES = {
     ),
 }
 
-# The words stand alone among Latin letters only: \b would need a non-word character after
-# them, and a Chinese message runs straight on ("appkey不存在", "time过期").
+# The words stand alone among ASCII letters, digits and '_' (a field name such as start_time is
+# not the request's time): \b would also need a non-word character after them, and a Chinese
+# message runs straight on ("appkey不存在", "time过期").
+_ALONE_BEFORE, _ALONE_AFTER = r"(?<![A-Za-z0-9_])", r"(?![A-Za-z0-9_])"
 #: Refusals that mean the request signature was not accepted: appkey or secret are wrong.
 _AUTH_MESSAGE = re.compile(
-    r"(?<![a-z])(token|appkey|app key|sign|signature|secret)(?![a-z])|认证|签名|令牌",
+    rf"{_ALONE_BEFORE}(token|appkey|app key|sign|signature|secret){_ALONE_AFTER}|认证|签名|令牌",
     re.IGNORECASE,
 )
 #: Refusals about `time`: this host's clock is too far from the platform's.
-_CLOCK_MESSAGE = re.compile(r"(?<![a-z])time(?![a-z])|时间", re.IGNORECASE)
+_CLOCK_MESSAGE = re.compile(rf"{_ALONE_BEFORE}time{_ALONE_AFTER}|时间", re.IGNORECASE)
 #: Refusals that name the photo: a kept photoId the platform no longer knows.
 _PHOTO_MESSAGE = re.compile(r"pic|photo|face|图片|照片", re.IGNORECASE)
 

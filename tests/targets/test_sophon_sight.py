@@ -548,6 +548,29 @@ async def test_wrong_credentials_stop_the_target_with_a_clear_error(
     assert sim.users == {}
 
 
+@pytest.mark.parametrize(
+    ("message", "means"),
+    [
+        ("appkey不存在", "credentials"),
+        ("token error", "credentials"),
+        ("time过期", "clock"),
+        ("time expired: check the caller's clock", "clock"),
+        # A field of one person, not the request: that person's change fails, nothing stops.
+        ("start_time must be before end_time", None),
+        ("visit_time invalid", None),
+        ("user_token_id exists", None),
+        ("photo_sign invalid", None),
+        ("thirdId 1_time exists", None),
+    ],
+)
+def test_refusals_are_read_by_their_words_not_by_field_names(
+    message: str, means: str | None
+) -> None:
+    credentials = sophon_sight._AUTH_MESSAGE.search(message) is not None
+    clock = sophon_sight._CLOCK_MESSAGE.search(message) is not None
+    assert (credentials, clock) == (means == "credentials", means == "clock")
+
+
 @pytest.mark.parametrize("messages", [{}, CHINESE], ids=["simulator's", "chinese"])
 async def test_a_clock_far_from_the_platform_stops_the_target(
     sim_url: str, sim: SophonSightSimulator, messages: dict[int, str]

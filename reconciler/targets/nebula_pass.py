@@ -7,8 +7,8 @@ names. `type` is immutable on the device, so a type change is a replace (delete,
 Choices on undocumented behaviour [I]: an upsert that omits `avatar` keeps the stored photo, so
 photos are sent only when created or changed (their hash lives in the ledger; the listing is not
 a reliable photo source), unless `photo_on_update: always` sends it with every update, for
-firmware whose upsert replaces the whole user; an unset guest time is sent as 0; a body code of
-500 or more is the device failing (temporary, tried again by the next pass) whatever the HTTP
+firmware whose upsert replaces the whole user; an unset guest time is sent as 0; a body code 5xx
+is the device failing (temporary, tried again by the next pass) whatever the HTTP
 status says. Network I/O through targets.http.
 """
 
@@ -479,9 +479,11 @@ class NebulaPass(HttpTarget[Settings]):
     def _sends_avatar(self, change: Change) -> bool:
         if change.action in (Action.CREATE, Action.REPLACE):
             return True
+        changed = any(f.field == "avatar" for f in change.fields)
         if self._settings.photo_on_update == "always" and change.person is not None:
-            return change.person.photo is not None
-        return any(f.field == "avatar" for f in change.fields)
+            # A removed photo still goes out as the documented clear.
+            return change.person.photo is not None or changed
+        return changed
 
     async def _prepare_upsert(self, batch: list[Change]) -> _Upsert:
         reads_photos = any(
@@ -651,9 +653,7 @@ class NebulaPass(HttpTarget[Settings]):
                 return response, None
             message = str(envelope.get("msg", ""))[:200]
             detail = f"{method} {path}: HTTP {response.status}, code {code}: {message}"
-            if isinstance(code, int) and code >= 500:
-                # The device failed (500 Internal Server Error), though its HTTP status may
-                # say 200: worth trying again, as an HTTP 5xx is.
+            if _device_failed(code):
                 raise TemporaryTargetError(self.name, detail)
             raise PermanentTargetError(self.name, detail)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -695,13 +695,21 @@ class NebulaPass(HttpTarget[Settings]):
                 )
             token = data.get("token") if isinstance(data, dict) else None
             if code != 200 or not isinstance(token, str) or not token:
-                raise PermanentTargetError(
-                    self.name, f"login failed: HTTP {response.status}, code {code}"
-                )
+                detail = f"login failed: HTTP {response.status}, code {code}"
+                if _device_failed(code):
+                    raise TemporaryTargetError(self.name, detail)
+                raise PermanentTargetError(self.name, detail)
             self._token = token
             # Renew a little early so a token never expires between check and use.
             self._token_expires = loop.time() + minutes * 60 * 0.9
             return token
+
+
+def _device_failed(code: object) -> bool:
+    """A body code 5xx (500 Internal Server Error): the device failed, not the request, though
+    its HTTP status may say 200; worth trying again, as an HTTP 5xx is. (1000 and 1001 are the
+    login's own refusals.)"""
+    return isinstance(code, int) and 500 <= code < 600
 
 
 def _text(value: Any) -> str:

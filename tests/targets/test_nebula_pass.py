@@ -124,6 +124,10 @@ async def test_an_update_sends_the_face_only_when_changed_unless_always(
     assert nebula.users["1"]["name"] == "renamed"
     assert bool(nebula.users["1"]["avatar"]) == (photo_on_update == "always")
     assert nebula.users["2"]["avatar"] == ""  # no photo declared: nothing to send
+    # A removed photo is cleared either way.
+    nebula.users["1"]["avatar"] = "AAAA"
+    assert all(o.ok for o in await sync.converge(desired(person("1", name="renamed"))))
+    assert nebula.users["1"]["avatar"] == ""
 
 
 async def test_a_group_map_translates_group_names(
@@ -286,6 +290,26 @@ async def test_a_device_failing_internally_fails_the_batch_for_another_try(
     assert nebula.users == {}
     assert all(o.ok for o in await sync.converge(wanted))
     assert set(nebula.users) == {"1", "2"}
+
+
+async def test_an_hour_long_retry_after_is_heeded_only_up_to_the_longest_back_off(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    """A throttling device's Retry-After: 3600 must not hold the pass for an hour (nor stop the
+    daemon's stall clock): the wait is capped at the back-off's maximum (0.2 s here)."""
+    nebula.faults.fail_next = [429]
+    nebula.faults.retry_after = 3600
+    observed = await asyncio.wait_for(make_target().observe(), timeout=10)
+    assert observed.persons == {}
+
+
+async def test_a_login_the_device_fails_internally_is_temporary(
+    make_target: MakeTarget, nebula: NebulaPassSimulator
+) -> None:
+    nebula.error_http_status = 200  # the code only in the body, as the docs allow
+    nebula.faults.fail_next = [500]
+    with pytest.raises(TemporaryTargetError, match="login failed: HTTP 200, code 500"):
+        await make_target().observe()
 
 
 async def test_retries_give_up_with_a_temporary_error(

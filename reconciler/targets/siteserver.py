@@ -122,6 +122,16 @@ def render(person: Person, settings: Settings) -> Record | Invalid:
     return record
 
 
+def _half_created(change: Change, remote_id: str, missing: str) -> Outcome:
+    """A user created but not finished: failed, with its id kept, so the next pass finishes it."""
+    return Outcome(
+        change=change,
+        ok=False,
+        remote_id=remote_id,
+        error=f"created as CMS id {remote_id}, but {missing}",
+    )
+
+
 def strong_password() -> str:
     """A random password that passes every restriction the CMS offers (letters, digits, symbols)."""
     chars = [
@@ -299,22 +309,16 @@ class SiteServer(HttpTarget[Settings]):
             # The CMS reviews registrations: approve the user, as an update would.
             failed = await self._write_profile(change, remote_id, {self._checked: True})
             if failed is not None:
-                return Outcome(
-                    change=change,
-                    ok=False,
-                    remote_id=remote_id,
-                    error=f"created as CMS id {remote_id}, but not approved ({failed.error}); "
-                    "the next pass approves it",
+                return _half_created(
+                    change, remote_id, f"not approved ({failed.error}); the next pass approves it"
                 )
         if photo is not None and data is not None:
             failed = await self._upload(change, remote_id, photo, data)
             if failed is not None:
-                return Outcome(
-                    change=change,
-                    ok=False,
-                    remote_id=remote_id,
-                    error=f"created as CMS id {remote_id}, but the avatar was not stored "
-                    f"({failed.error}); the next pass uploads it again",
+                return _half_created(
+                    change,
+                    remote_id,
+                    f"the avatar was not stored ({failed.error}); the next pass uploads it again",
                 )
         return Outcome(change=change, ok=True, remote_id=remote_id)
 

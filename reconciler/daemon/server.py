@@ -180,7 +180,8 @@ async def _status(request: web.Request) -> web.Response:
 async def _reconcile(request: web.Request) -> web.Response:
     secret = request.app[_WEBHOOK].secret
     if secret is None:
-        return _json({"error": _OFF}, HTTPStatus.NOT_FOUND)
+        # DESIGN A4: anything but the secret is 401; without one nothing can give it.
+        return _json({"error": _OFF}, HTTPStatus.UNAUTHORIZED)
     declared = request.content_length
     if declared is not None and declared > MAX_BODY:
         # Refused before reading: an unauthenticated client must not make us buffer it.

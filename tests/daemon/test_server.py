@@ -273,7 +273,7 @@ async def test_webhook_is_off_without_a_secret(daemon_without_secret: Daemon) ->
     daemon = daemon_without_secret
     for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": f"Bearer {SECRET}"}):
         code, document, _ = await post_reconcile(daemon, headers=headers)
-        assert code == 404
+        assert code == 401
         assert document == {"error": "POST /reconcile is off: set RECONCILER_WEBHOOK_SECRET"}
     assert not daemon.trigger.pending
 
@@ -281,7 +281,7 @@ async def test_webhook_is_off_without_a_secret(daemon_without_secret: Daemon) ->
 async def test_an_empty_secret_keeps_the_webhook_off() -> None:
     async for daemon in _serve(""):
         code, _, _ = await post_reconcile(daemon, headers={"Authorization": "Bearer "})
-        assert code == 404
+        assert code == 401
         assert not daemon.trigger.pending
 
 

@@ -100,6 +100,12 @@ def ssl_context(tls_verify: bool, ca_file: Path | None) -> ssl.SSLContext | bool
     return True
 
 
+def _limiter(rate: float) -> AsyncLimiter:
+    """`rate` requests a second; below one, one request every 1/rate seconds (aiolimiter
+    refuses a capacity below one request)."""
+    return AsyncLimiter(rate, 1.0) if rate >= 1 else AsyncLimiter(1, 1 / rate)
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Retry-After is either delta-seconds or an HTTP date."""
     if not value:
@@ -143,7 +149,7 @@ class Client:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl = ssl_context(tls_verify, ca_file)
         self._concurrency = asyncio.Semaphore(concurrency)
-        self._limiter = AsyncLimiter(rate_limit, 1.0) if rate_limit else None
+        self._limiter = _limiter(rate_limit) if rate_limit else None
         self._backoff = backoff or Backoff()
         self._exponential = wait_exponential_jitter(
             multiplier=self._backoff.initial,

@@ -259,8 +259,11 @@ class _Foreign(PermanentTargetError):
         super().__init__(target, message)
 
 
-#: What a permission API call returns on firmware without that route.
-_NO_API = object()
+#: What a permission API call returns on firmware without that route, and for a record missing.
+_NO_API, _NOT_FOUND = object(), object()
+#: Codes of a route the firmware lacks: the router's NOT_FOUND and NOT_IMPLEMENTED (40401 and
+#: 40491 are a record that is not there).
+NO_ROUTE = frozenset({40400, 50100})
 
 
 class _PersonError(Exception):
@@ -284,8 +287,8 @@ class SophonFog(HttpTarget[Settings]):
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
         #: The box's permission group ids by name, as last read; None: it does not list them.
         self._permissions: dict[str, str] | None = None
-        #: Every name looked up since the last refresh: its id, or None when it had none.
-        self._permission_ids: dict[str, str | None] = {}
+        #: The ids of the names looked up since the last refresh.
+        self._permission_ids: dict[str, str] = {}
         self._permissions_read_at = -math.inf
         super().__init__(
             name,
@@ -336,10 +339,10 @@ class SophonFog(HttpTarget[Settings]):
 
     async def _read_permissions(self) -> dict[str, str] | None:
         """The box's permission group ids by name: the names listed, each name's id looked up
-        once (again after PERMISSIONS_FRESH; a name without one too). None on firmware without
-        the permission API: then groups go out as group_map makes them, unchecked."""
+        once (again after PERMISSIONS_FRESH). None on firmware without the permission API:
+        then groups go out as group_map makes them, unchecked."""
         listed = await self._permission_call(PERMISSIONS)
-        if listed is _NO_API:
+        if listed is _NO_API or listed is _NOT_FOUND:
             self._permissions = None
             return None
         entries = listed.get("permissions_list") if isinstance(listed, dict) else None
@@ -350,14 +353,15 @@ class SophonFog(HttpTarget[Settings]):
         names = sorted({str(e["name"]) for e in entries if isinstance(e, dict) and e.get("name")})
         now = asyncio.get_running_loop().time()
         fresh = now < self._permissions_read_at + self.PERMISSIONS_FRESH
-        known = dict(self._permission_ids) if fresh else {}
+        # Names the box no longer lists are forgotten: one made anew has a new id.
+        known = {n: i for n, i in self._permission_ids.items() if n in names} if fresh else {}
 
-        async def look_up(name: str) -> tuple[str, str | object | None]:
+        async def look_up(name: str) -> tuple[str, object]:
             found = await self._permission_call(
-                PERMISSION_IDS, params={"info.name": name, "exact": "true"}
+                PERMISSION_IDS, {"info.name": name, "exact": "true"}, no_api=NO_ROUTE
             )
-            if found is _NO_API:
-                return name, _NO_API
+            if found is _NO_API or found is _NOT_FOUND:
+                return name, found
             ids = [
                 str(entry["_id"])
                 for entry in (found if isinstance(found, list) else [])
@@ -373,21 +377,32 @@ class SophonFog(HttpTarget[Settings]):
             if permission_id is _NO_API:
                 self._permissions = None
                 return None
-            known[name] = permission_id if isinstance(permission_id, str) else None
+            # A name without an id (yet: just made on the box) is looked up again next time.
+            if isinstance(permission_id, str):
+                known[name] = permission_id
         # Only now, every lookup done: a failed refresh is tried again by the next observe.
         if not fresh:
             self._permissions_read_at = now
         self._permission_ids = known
-        self._permissions = {name: pid for name in names if (pid := known.get(name)) is not None}
+        self._permissions = {name: known[name] for name in names if name in known}
         return self._permissions
 
-    async def _permission_call(self, path: str, params: dict[str, str] | None = None) -> Any:
-        """A permission API call; _NO_API when the firmware has no such route."""
+    async def _permission_call(
+        self,
+        path: str,
+        params: dict[str, str] | None = None,
+        *,
+        no_api: frozenset[int] = GONE | {NOT_IMPLEMENTED},
+    ) -> Any:
+        """A permission API call; _NO_API when the firmware has no such route (`no_api` codes,
+        or an HTTP 404 page), _NOT_FOUND for another "not found" code (a record missing)."""
         try:
             return await self._call("GET", path, params=params)
         except BoxError as exc:
-            if exc.code in GONE or exc.code == NOT_IMPLEMENTED:
+            if exc.code in no_api:
                 return _NO_API
+            if exc.code in GONE:
+                return _NOT_FOUND
             raise
         except _Foreign as exc:
             if exc.status == HTTPStatus.NOT_FOUND:

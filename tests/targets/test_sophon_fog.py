@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable
@@ -782,3 +783,67 @@ async def test_firmware_that_cannot_look_permissions_up_gets_the_groups_as_mappe
         (change,) = plan.changes
         assert change.record is not None
         assert change.record["permission_ids"] == ["Lab"]
+
+
+class _ScriptedLookups(SophonFogSimulator):
+    """Lookups answered from a script per name first (an error code, or a list), then as the
+    box's permission groups say."""
+
+    def __init__(self, script: dict[str, list[Any]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.script = script
+
+    async def _permission_ids(self, request: web.Request) -> web.Response:
+        answers = self.script.get(request.query.get("info.name", ""))
+        if not answers:
+            return await super()._permission_ids(request)
+        answer = answers.pop(0)
+        if isinstance(answer, int):
+            error = {"code": answer, "message": "not found", "status": "ID_NOT_FOUND"}
+            return web.json_response({"error": error}, status=404)
+        return web.json_response({"data": answer})
+
+
+async def test_a_name_the_box_cannot_find_is_no_group_and_is_looked_up_again() -> None:
+    """A lookup answering "not found" (40401) or nothing for one name leaves the others
+    resolved and checking on; the next observe asks again, and finds a group made since."""
+    box = _ScriptedLookups({"Garage": [40401, []]}, permissions={"HQ doors": HQ, "Garage": LAB})
+    async with await serve(box) as served:
+        target = SophonFog("fog", sophon_fog.Settings(url=served.url, rate_limit=None))
+        try:
+            sync = Sync(target)
+            wanted = desired(person("1", groups=("HQ doors",)), person("2", groups=("Garage",)))
+            for _ in range(2):  # 40401, then an empty answer
+                plan = await sync.plan(wanted)
+                assert [c.person_id for c in plan.changes] == ["1"]
+                assert [i.person_id for i in plan.invalid] == ["2"]
+            plan = await sync.plan(wanted)
+            assert plan.invalid == ()
+            assert all(o.ok for o in await sync.apply(plan))
+        finally:
+            await target.aclose()
+    assert box.identities["1"]["info"]["permission_ids"] == [HQ]
+    assert box.identities["2"]["info"]["permission_ids"] == [LAB]
+
+
+async def test_a_permission_group_made_anew_under_its_name_is_found_by_its_new_id(
+    make_target: MakeTarget, box: SophonFogSimulator
+) -> None:
+    box.permissions = {"HQ doors": HQ}
+    sync = Sync(make_target())
+    wanted = desired(person("1", groups=("HQ doors",)))
+    assert all(o.ok for o in await sync.converge(wanted))
+    box.permissions = {}  # deleted on the box ...
+    assert [i.person_id for i in (await sync.plan(wanted)).invalid] == ["1"]
+    box.permissions = {"HQ doors": LAB}  # ... and made anew, within the hour
+    (change,) = (await sync.plan(wanted)).changes
+    assert [(f.field, f.old, f.new) for f in change.fields] == [("permission_ids", [HQ], [LAB])]
+
+
+async def test_a_rate_limit_below_one_request_a_second_spaces_requests_out(
+    make_target: MakeTarget, box: SophonFogSimulator
+) -> None:
+    """rate_limit: 0.9 is one request every 1.1 s (the limiter takes no capacity below one)."""
+    observed = await asyncio.wait_for(make_target(rate_limit=0.9).observe(), timeout=20)
+    assert observed.persons == {}
+    assert box.log.count("GET", USERS) == 1

@@ -97,8 +97,14 @@ _AUTH_MESSAGE = re.compile(
     rf"{_ALONE_BEFORE}(token|appkey|app key|sign|signature|secret){_ALONE_AFTER}|认证|签名|令牌",
     re.IGNORECASE,
 )
-#: Refusals about `time`: this host's clock is too far from the platform's.
-_CLOCK_MESSAGE = re.compile(rf"{_ALONE_BEFORE}time{_ALONE_AFTER}|时间", re.IGNORECASE)
+_TIME = rf"(?:{_ALONE_BEFORE}(?:time|timestamp){_ALONE_AFTER}|时间)"
+_EXPIRED = rf"(?:{_ALONE_BEFORE}expired?{_ALONE_AFTER}|过期|超时|失效)"
+#: Refusals saying the request's `time` expired: this host's clock is too far from the
+#: platform's. A time named without expiring ("end time must be later than start time") is a
+#: person's field, refused for that person alone.
+_CLOCK_MESSAGE = re.compile(
+    rf"{_TIME}[^.;,。；，]*?{_EXPIRED}|{_EXPIRED}[^.;,。；，]*?{_TIME}", re.IGNORECASE
+)
 #: Refusals that name the photo: a kept photoId the platform no longer knows.
 _PHOTO_MESSAGE = re.compile(r"pic|photo|face|图片|照片", re.IGNORECASE)
 

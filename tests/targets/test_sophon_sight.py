@@ -555,6 +555,11 @@ async def test_wrong_credentials_stop_the_target_with_a_clear_error(
         ("token error", "credentials"),
         ("time过期", "clock"),
         ("time expired: check the caller's clock", "clock"),
+        ("timestamp expired", "clock"),
+        ("请求时间已过期", "clock"),
+        ("end time must be later than start time", None),
+        ("visit time invalid", None),
+        ("结束时间必须晚于开始时间", None),
         # A field of one person, not the request: that person's change fails, nothing stops.
         ("start_time must be before end_time", None),
         ("visit_time invalid", None),
@@ -566,6 +571,8 @@ async def test_wrong_credentials_stop_the_target_with_a_clear_error(
 def test_refusals_are_read_by_their_words_not_by_field_names(
     message: str, means: str | None
 ) -> None:
+    """Which refusals stop the whole target (wrong credentials, clock skew); the others fail
+    just the person they concern."""
     credentials = sophon_sight._AUTH_MESSAGE.search(message) is not None
     clock = sophon_sight._CLOCK_MESSAGE.search(message) is not None
     assert (credentials, clock) == (means == "credentials", means == "clock")

@@ -119,23 +119,32 @@ class Daemon:
             raise
 
     def _check_stall_timeout(self, app: App) -> None:
-        """A stall timeout a single request may outlast would restart a daemon that waits, as
-        it should, on a slow target: say so at start."""
+        """A stall timeout one step of a pass may outlast (a slow target's request with its
+        back-off, a slow persons_from query) would restart a daemon waiting on it as it should:
+        say so, at start and whenever the desired state changes."""
         stall = self.settings.stall_timeout
-        if not stall or not app.targets:
+        if not stall:
             return
-        name = max(app.targets, key=lambda n: app.targets[n].settings.timeout)
-        timeout = app.targets[name].settings.timeout
-        longest = timeout + (self.backoff or Backoff()).maximum
+        backoff = (self.backoff or Backoff()).maximum
+        waits = [
+            (f"a request to target {name}, with its back-off", t.settings.timeout + backoff)
+            for name, t in app.targets.items()
+        ]
+        waits += [
+            (f"the persons_from query at {s.source}:{s.line}", s.timeout)
+            for s in app.desired.loaded.persons_from
+        ]
+        if not waits:
+            return
+        what, longest = max(waits, key=lambda wait: wait[1])
         if stall <= longest:
             log.warning(
                 "settings.stall_timeout_short",
                 stall_timeout=stall,
-                target=name,
-                request_timeout=timeout,
-                advice=f"one request to target {name} may take {timeout:g} s and its back-off "
-                f"{longest - timeout:g} s more, and a pass waiting on it would be taken as hung: "
-                f"raise RECONCILER_STALL_TIMEOUT above {longest:g} s, or set it to 0",
+                longest_step=longest,
+                step=what,
+                advice=f"{what} may take {longest:g} s, and a pass waiting on it would be "
+                f"taken as hung: raise RECONCILER_STALL_TIMEOUT above that, or set it to 0",
             )
 
     async def _serve(self, app: App) -> int:
@@ -368,6 +377,7 @@ class Daemon:
         ):
             await app.replace_desired(candidate)
             self._files_in_use = True
+            self._check_stall_timeout(app)
             self._show_desired(app)
             log.info(
                 "desired.loaded",

@@ -181,7 +181,9 @@ async def _reconcile(request: web.Request) -> web.Response:
     secret = request.app[_WEBHOOK].secret
     if secret is None:
         # DESIGN A4: anything but the secret is 401; without one nothing can give it.
-        return _json({"error": _OFF}, HTTPStatus.UNAUTHORIZED)
+        return _json(
+            {"error": _OFF}, HTTPStatus.UNAUTHORIZED, headers={hdrs.WWW_AUTHENTICATE: "Bearer"}
+        )
     declared = request.content_length
     if declared is not None and declared > MAX_BODY:
         # Refused before reading: an unauthenticated client must not make us buffer it.

@@ -272,8 +272,9 @@ async def test_a_bug_answers_500_without_a_stack_trace(daemon: Daemon) -> None:
 async def test_webhook_is_off_without_a_secret(daemon_without_secret: Daemon) -> None:
     daemon = daemon_without_secret
     for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": f"Bearer {SECRET}"}):
-        code, document, _ = await post_reconcile(daemon, headers=headers)
+        code, document, answered = await post_reconcile(daemon, headers=headers)
         assert code == 401
+        assert answered["WWW-Authenticate"] == "Bearer"
         assert document == {"error": "POST /reconcile is off: set RECONCILER_WEBHOOK_SECRET"}
     assert not daemon.trigger.pending
 

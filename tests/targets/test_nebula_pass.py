@@ -292,7 +292,7 @@ async def test_a_device_failing_internally_fails_the_batch_for_another_try(
     assert set(nebula.users) == {"1", "2"}
 
 
-async def test_an_hour_long_retry_after_is_heeded_only_up_to_the_longest_back_off(
+async def test_an_hour_long_retry_after_does_not_hold_a_request_for_an_hour(
     make_target: MakeTarget, nebula: NebulaPassSimulator
 ) -> None:
     """A throttling device's Retry-After: 3600 must not hold the pass for an hour (nor stop the

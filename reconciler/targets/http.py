@@ -38,7 +38,6 @@ from reconciler.targets.base import Feed, TargetSettings
 
 _Settings = TypeVar("_Settings", bound=TargetSettings)
 
-
 #: Statuses worth retrying: the request may succeed unchanged later.
 TEMPORARY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: How much of a vendor's error body goes into a message: enough to act on, never a dump.
@@ -218,9 +217,7 @@ class Client:
         backoff = self._exponential(state)
         error = state.outcome.exception() if state.outcome is not None else None
         hint = getattr(error, "retry_after", None)
-        # A device's Retry-After is heeded up to the longest back-off, as _pause does: an hour's
-        # hint must not hold the pass (and the daemon's stall clock) for an hour.
-        return max(backoff, min(hint, self._backoff.maximum)) if hint is not None else backoff
+        return max(backoff, hint) if hint is not None else backoff
 
     async def _send(
         self,
@@ -290,6 +287,9 @@ class Client:
         if response.status in TEMPORARY_STATUSES:
             retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if retry_after:
+                # Heeded up to the longest back-off: an hour's hint must not hold the pass (and
+                # the daemon's stall clock) for an hour.
+                retry_after = min(retry_after, self._backoff.maximum)
                 self._pause(retry_after)
             raise TemporaryTargetError(
                 self.target,
@@ -300,7 +300,7 @@ class Client:
 
     def _pause(self, seconds: float) -> None:
         """A Retry-After speaks for the whole target: every request waits it out."""
-        until = asyncio.get_running_loop().time() + min(seconds, self._backoff.maximum)
+        until = asyncio.get_running_loop().time() + seconds
         self._paused_until = max(self._paused_until, until)
 
     async def _wait_for_pause(self) -> None:

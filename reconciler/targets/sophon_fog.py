@@ -160,21 +160,19 @@ def render(
     person: Person, settings: Settings, permissions: Mapping[str, str] | None = None
 ) -> Record | Invalid:
     """A person as this box stores it, or why the box cannot take it. `permissions` (the box's
-    permission group ids by name; None: the box does not list them) turns each group, after
-    group_map, into a permission id: a group that is neither a name nor an id there is refused,
-    since the box refuses ids it does not know."""
+    permission ids by name and by id, see resolving(); None: the box does not list them) turns
+    each group, after group_map, into a permission id: a group that is neither a name nor an id
+    there is refused, since the box refuses ids it does not know."""
 
     def invalid(error: str) -> Invalid:
         return Invalid(person_id=person.id, error=f"{error} ({NAME})")
 
     permission_ids = set()
-    known = set(permissions.values()) if permissions is not None else set()
     for group in person.groups:
         value = settings.group_map.get(group, group)
-        if permissions is None or value in known or value == DEFAULT_PERMISSION:
-            permission_ids.add(value)
-        elif value in permissions:
-            permission_ids.add(permissions[value])
+        resolved = value if permissions is None else permissions.get(value)
+        if resolved is not None:
+            permission_ids.add(resolved)
         else:
             mapped = f" (mapped to {value!r})" if value != group else ""
             return invalid(
@@ -212,6 +210,13 @@ def render(
     if person.photo is not None and person.photo.size > MAX_PHOTO_BYTES:
         return invalid(f"photo is larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MB")
     return record
+
+
+def resolving(ids_by_name: Mapping[str, str]) -> dict[str, str]:
+    """What render() resolves a group's value with: each permission id by its name, and by
+    itself (an id wins over a name that spells it), and the default permission."""
+    ids = {permission_id: permission_id for permission_id in ids_by_name.values()}
+    return {**ids_by_name, **ids, DEFAULT_PERMISSION: DEFAULT_PERMISSION}
 
 
 def observed_record(item: Any, target: str) -> tuple[str, Record]:
@@ -285,7 +290,8 @@ class SophonFog(HttpTarget[Settings]):
     PERMISSIONS_FRESH = 3600.0
 
     def __init__(self, name: str, settings: Settings, *, backoff: Backoff | None = None) -> None:
-        #: The box's permission group ids by name, as last read; None: it does not list them.
+        #: The box's permission ids by name and by id (resolving()), as last read; None: it
+        #: does not list them.
         self._permissions: dict[str, str] | None = None
         #: The ids of the names looked up since the last refresh.
         self._permission_ids: dict[str, str] = {}
@@ -384,8 +390,9 @@ class SophonFog(HttpTarget[Settings]):
         if not fresh:
             self._permissions_read_at = now
         self._permission_ids = known
-        self._permissions = {name: known[name] for name in names if name in known}
-        return self._permissions
+        ids_by_name = {name: known[name] for name in names if name in known}
+        self._permissions = resolving(ids_by_name)
+        return ids_by_name
 
     async def _permission_call(
         self,
@@ -585,7 +592,7 @@ class SophonFog(HttpTarget[Settings]):
             answer = await self._call("DELETE", USERS, json=body)
         except BoxError as exc:
             if exc.code in ONE_AT_A_TIME:
-                return list(await asyncio.gather(*(self._delete_one(c) for c in batch)))
+                return await self._delete_one_at_a_time(batch)
             error = self._explain(batch[0], exc)
             return [Outcome(change=c, ok=False, error=error, retryable=False) for c in batch]
         except TargetError as exc:
@@ -596,9 +603,13 @@ class SophonFog(HttpTarget[Settings]):
         if not isinstance(answer, dict) or not isinstance(answer.get("identity_ids"), list):
             # Not the batch answer: firmware that reads identity_id only may say it removed
             # nobody, successfully. Only a delete the box confirms leaves the ledger.
-            return list(await asyncio.gather(*(self._delete_one(c) for c in batch)))
+            return await self._delete_one_at_a_time(batch)
         # Ids the box did not find are left out of its answer: they are gone, which is the goal.
         return [Outcome(change=c, ok=True) for c in batch]
+
+    async def _delete_one_at_a_time(self, batch: Sequence[Change]) -> list[Outcome]:
+        """A batch the box would not delete as one: each person on its own, each confirmed."""
+        return list(await asyncio.gather(*(self._delete_one(c) for c in batch)))
 
     async def _delete_one(self, change: Change) -> Outcome:
         try:

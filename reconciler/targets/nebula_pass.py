@@ -652,10 +652,9 @@ class NebulaPass(HttpTarget[Settings]):
             if code == 404 and missing_ok:
                 return response, None
             message = str(envelope.get("msg", ""))[:200]
-            detail = f"{method} {path}: HTTP {response.status}, code {code}: {message}"
-            if _device_failed(code):
-                raise TemporaryTargetError(self.name, detail)
-            raise PermanentTargetError(self.name, detail)
+            raise _refused(
+                self.name, f"{method} {path}: HTTP {response.status}, code {code}: {message}", code
+            )
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _envelope(self, response: Response) -> dict[str, Any]:
@@ -695,21 +694,23 @@ class NebulaPass(HttpTarget[Settings]):
                 )
             token = data.get("token") if isinstance(data, dict) else None
             if code != 200 or not isinstance(token, str) or not token:
-                detail = f"login failed: HTTP {response.status}, code {code}"
-                if _device_failed(code):
-                    raise TemporaryTargetError(self.name, detail)
-                raise PermanentTargetError(self.name, detail)
+                raise _refused(
+                    self.name, f"login failed: HTTP {response.status}, code {code}", code
+                )
             self._token = token
             # Renew a little early so a token never expires between check and use.
             self._token_expires = loop.time() + minutes * 60 * 0.9
             return token
 
 
-def _device_failed(code: object) -> bool:
-    """A body code 5xx (500 Internal Server Error): the device failed, not the request, though
-    its HTTP status may say 200; worth trying again, as an HTTP 5xx is. (1000 and 1001 are the
-    login's own refusals.)"""
-    return isinstance(code, int) and 500 <= code < 600
+def _refused(target: str, detail: str, code: object) -> TargetError:
+    """The error for an answer whose body code is not 200: temporary for a code 5xx (500
+    Internal Server Error: the device failed, not the request, though its HTTP status may say
+    200; worth trying again, as an HTTP 5xx is), else permanent (1000 and 1001 are the login's
+    own refusals)."""
+    if isinstance(code, int) and 500 <= code < 600:
+        return TemporaryTargetError(target, detail)
+    return PermanentTargetError(target, detail)
 
 
 def _text(value: Any) -> str:
